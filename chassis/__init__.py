@@ -1,0 +1,1 @@
+"""The service chassis: what every cce-network service process stands on."""

@@ -1,0 +1,73 @@
+"""Process settings: environment variables `CCE_*`, and an optional YAML/JSON file named by `CCE_CONFIG_FILE`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from the file in CCE_CONFIG_FILE (YAML or JSON); the environment overrides them."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get("CCE_CONFIG_FILE")
+        self._data: dict[str, Any] = {}
+        if path:
+            text = Path(path).read_text()
+            loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the settings file must hold a mapping")
+            self._data = {str(k).lower(): v for k, v in (loaded or {}).items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        names = set(self.settings_cls.model_fields)
+        return {k: v for k, v in self._data.items() if k in names}
+
+
+class ChassisSettings(BaseSettings):
+    """Settings every service process has. Services subclass this to add their own."""
+
+    model_config = SettingsConfigDict(env_prefix="CCE_", extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="comma-separated server URLs")
+    nats_creds: Path | None = Field(None, description="NATS credentials file (JWT + NKey seed)")
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    nats_connect_timeout_s: float = 2.0
+    nats_reconnect_wait_s: float = 0.5
+
+    service_id: str = Field("", description="this replica's id; defaults to <service>-<host>-<pid>")
+    node: str = Field("", description="the node a per-node service runs for")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(0, ge=0, le=65535, description="/healthz and /metrics; 0 picks a free port")
+    log_level: str = "info"
+    log_json: bool = True
+
+    request_timeout_s: float = Field(5.0, gt=0)
+    shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get on SIGTERM")
+    lease_ttl_s: float = Field(6.0, gt=0, description="leader lease: a silent leader loses it after this")
+    kv_replicas: int = Field(1, ge=1, le=5)
+    events_max_age_s: float = Field(7 * 24 * 3600, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))

@@ -1,0 +1,265 @@
+"""Typed records in JetStream KV buckets: compare-and-set writes, read-modify-write with retry, a watch cache."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import nats.errors
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
+
+from chassis.logs import get_logger
+from schemas.base import Contract
+from schemas.errors import CceError, ErrorReason
+
+log = get_logger("chassis.kv")
+
+T = TypeVar("T", bound=Contract)
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[T]):
+    key: str
+    value: T
+    revision: int
+
+
+class _Keep:
+    """Returned by a mutate function to leave the record as it is."""
+
+
+KEEP = _Keep()
+
+
+def conflict(bucket: str, key: str, detail: str = "") -> CceError:
+    return CceError(ErrorReason.CONFLICT, f"{bucket}/{key} changed concurrently {detail}".strip(),
+                    bucket=bucket, key=key)
+
+
+class Store(Generic[T]):
+    """A bucket holding records of one contract type. Every write is compare-and-set on the revision."""
+
+    def __init__(self, kv: KeyValue, model: type[T], bucket: str) -> None:
+        self.kv = kv
+        self.model = model
+        self.bucket = bucket
+
+    def _decode(self, key: str, data: bytes | None, revision: int) -> Versioned[T] | None:
+        try:
+            return Versioned(key, self.model.model_validate_json(data or b""), revision)
+        except ValidationError as err:
+            # A corrupt record is reported, never fatal: the writer will overwrite it by CAS.
+            log.error("undecodable record", bucket=self.bucket, key=key, revision=revision,
+                      error=str(err).splitlines()[0])
+            return None
+
+    async def get(self, key: str) -> Versioned[T] | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return self._decode(key, entry.value, entry.revision or 0)
+
+    async def revision_of(self, key: str) -> int | None:
+        """The latest revision of a key, even when its value does not decode."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return entry.revision
+
+    async def create(self, key: str, value: T) -> Versioned[T]:
+        """Write only when the key does not exist (or was deleted); else Conflict."""
+        try:
+            rev = await self.kv.create(key, value.model_dump_json().encode())
+        except KeyWrongLastSequenceError as err:
+            raise conflict(self.bucket, key, "(exists)") from err
+        return Versioned(key, value, rev)
+
+    async def update(self, key: str, value: T, revision: int) -> Versioned[T]:
+        """Write only when the key's latest revision is `revision`; else Conflict."""
+        try:
+            rev = await self.kv.update(key, value.model_dump_json().encode(), last=revision)
+        except KeyWrongLastSequenceError as err:
+            raise conflict(self.bucket, key) from err
+        return Versioned(key, value, rev)
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        """Delete; with `revision`, only if unchanged since. Deleting a missing key succeeds."""
+        try:
+            await self.kv.delete(key, last=revision)
+        except KeyWrongLastSequenceError as err:
+            raise conflict(self.bucket, key) from err
+
+    async def mutate(
+        self,
+        key: str,
+        change: Callable[[T | None], T | None | _Keep],
+        attempts: int = 30,
+    ) -> Versioned[T] | None:
+        """Read-modify-write: `change` gets a private copy of the current value (None if absent) and
+        returns the new value, None to delete, or KEEP. A conflict re-reads and calls `change` again."""
+        for attempt in range(attempts):
+            current = await self.get(key)
+            revision = current.revision if current else await self.revision_of(key)
+            proposed = change(current.value.model_copy(deep=True) if current else None)
+            try:
+                if isinstance(proposed, _Keep):
+                    return current
+                if proposed is None:
+                    if revision is not None:
+                        await self.delete(key, revision)
+                    return None
+                if revision is None:
+                    return await self.create(key, proposed)
+                return await self.update(key, proposed, revision)
+            except CceError as err:
+                if err.reason is not ErrorReason.CONFLICT:
+                    raise
+                log.debug("cas conflict, re-reading", bucket=self.bucket, key=key, attempt=attempt)
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise conflict(self.bucket, key, f"after {attempts} attempts")
+
+    async def list(self, prefix: str = "") -> dict[str, Versioned[T]]:
+        """Every decodable record, optionally under a key prefix ending in '.'."""
+        pattern = f"{prefix}>" if prefix else ">"
+        watcher = await self.kv.watch(pattern, ignore_deletes=True)
+        out: dict[str, Versioned[T]] = {}
+        try:
+            while True:
+                entry = await watcher.updates(timeout=5.0)
+                if entry is None:
+                    break
+                item = self._decode(entry.key, entry.value, entry.revision or 0)
+                if item is not None:
+                    out[entry.key] = item
+                if not entry.delta:
+                    break
+        finally:
+            await watcher.stop()
+        return out
+
+    async def keys(self) -> list[str]:
+        try:
+            return list(await self.kv.keys())
+        except NoKeysError:
+            return []
+
+
+ChangeHandler = Callable[[str, "Versioned[T] | None"], Awaitable[None] | None]
+
+
+class KvCache(Generic[T]):
+    """An in-memory view of a bucket kept current by a watch; rebuilt from scratch after a reconnect.
+
+    `on_change(key, item_or_None)` is called for every change after the first full load.
+    """
+
+    def __init__(self, store: Store[T], on_change: ChangeHandler[T] | None = None) -> None:
+        self.store = store
+        self.items: dict[str, Versioned[T]] = {}
+        self._on_change = on_change
+        self._synced = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, key: str) -> T | None:
+        item = self.items.get(key)
+        return item.value if item else None
+
+    def values(self) -> list[T]:
+        return [v.value for v in self.items.values()]
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"kv-cache-{self.store.bucket}")
+        await asyncio.wait_for(self._synced.wait(), timeout)
+
+    async def restart(self) -> None:
+        """Re-watch from scratch (after a reconnect): the next initial load replaces the view."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = asyncio.create_task(self._run(), name=f"kv-cache-{self.store.bucket}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def wait_for(self, predicate: Callable[[dict[str, Versioned[T]]], bool], timeout: float) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.items)), timeout)
+
+    async def _emit(self, key: str, item: Versioned[T] | None) -> None:
+        if self._on_change is not None:
+            result = self._on_change(key, item)
+            if result is not None:
+                await result
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("kv watch failed, re-watching", bucket=self.store.bucket, error=repr(err))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _watch_once(self) -> None:
+        watcher = await self.store.kv.watchall()
+        loading: dict[str, Versioned[T]] | None = {}
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=30.0)
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:  # end of the initial values
+                    if loading is not None:
+                        await self._replace(loading)
+                        loading = None
+                    continue
+                deleted = entry.operation in (KV_DEL, KV_PURGE)
+                item = None if deleted else self.store._decode(entry.key, entry.value, entry.revision or 0)
+                if loading is not None:
+                    if item is not None:
+                        loading[entry.key] = item
+                    else:
+                        loading.pop(entry.key, None)
+                    continue
+                if item is None:
+                    if self.items.pop(entry.key, None) is not None:
+                        await self._emit(entry.key, None)
+                else:
+                    self.items[entry.key] = item
+                    await self._emit(entry.key, item)
+        finally:
+            await watcher.stop()
+
+    async def _replace(self, snapshot: dict[str, Versioned[T]]) -> None:
+        previous, self.items = self.items, dict(snapshot)
+        first = not self._synced.is_set()
+        self._synced.set()
+        if first:
+            async with self._changed:
+                self._changed.notify_all()
+            return
+        for key in previous.keys() - snapshot.keys():
+            await self._emit(key, None)
+        for key, item in snapshot.items():
+            old = previous.get(key)
+            if old is None or old.revision != item.revision:
+                await self._emit(key, item)
+        async with self._changed:
+            self._changed.notify_all()

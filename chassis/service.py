@@ -1,0 +1,156 @@
+"""The life of a service process: settings, logs, bus, micro service, health, leader lease, signals, shutdown.
+
+A service's composition root is an async function that receives a started `ServiceProcess`, wires its handlers
+and background loops, and returns; `run()` then serves until SIGTERM/SIGINT and shuts down gracefully:
+stop taking requests, let in-flight ones finish, resign any lease, drain the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from chassis.bus import Bus
+from chassis.config import ChassisSettings
+from chassis.events import EventPublisher
+from chassis.http import HealthServer
+from chassis.kv import Store
+from chassis.leader import LeaderElector
+from chassis.logs import configure_logging, get_logger
+from chassis.rpc import RpcServer
+from schemas.base import Contract
+from schemas.events import EventKind
+from schemas.subjects import LEASES, Bucket
+
+log = get_logger("chassis.service")
+
+S = TypeVar("S", bound=ChassisSettings)
+R = TypeVar("R", bound=Contract)
+VERSION = "0.1.0"
+
+
+class ServiceProcess:
+    def __init__(self, name: str, settings: ChassisSettings, description: str = "") -> None:
+        self.name = name
+        self.settings = settings
+        self.description = description
+        self.id = settings.service_id or f"{name}-{socket.gethostname()}-{os.getpid()}"
+        self.node = settings.node
+        self.stopping = asyncio.Event()
+        self.elector: LeaderElector | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bus: Bus | None = None
+        self._rpc: RpcServer | None = None
+        self.health = HealthServer(settings.http_host, settings.http_port,
+                                   {"service": name, "id": self.id, "node": self.node})
+
+    @property
+    def bus(self) -> Bus:
+        assert self._bus is not None, "start() first"
+        return self._bus
+
+    @property
+    def rpc(self) -> RpcServer:
+        assert self._rpc is not None, "start() first"
+        return self._rpc
+
+    async def start(self) -> None:
+        configure_logging(self.settings.log_level, self.settings.log_json,
+                          service=self.name, service_id=self.id, node=self.node)
+        self._bus = await Bus.connect(self.settings, name=self.id)
+        await self._bus.ensure_events_stream(self.settings.events_max_age_s)
+        self.events = EventPublisher(self._bus, source=self.id)
+        port = await self.health.start()
+        metadata = {"id": self.id, "node": self.node, "http": f"http://{self.health.host}:{port}"}
+        self._rpc = RpcServer(self._bus, self.name, VERSION, self.description, metadata)
+        await self._rpc.start()
+        self.health.add_check("nats", lambda: (self.bus.connected, self.bus.nc.connected_url is not None))
+        log.info("service started", http_port=port, nats=self.settings.nats_url)
+
+    async def store(self, bucket: Bucket, model: type[R] | None = None) -> Store[R]:
+        kv = await self.bus.bucket(bucket)
+        return Store(kv, model or bucket.record, bucket.name)  # type: ignore[arg-type]
+
+    async def campaign(
+        self,
+        on_elected: Callable[[], Awaitable[None]] | None = None,
+        on_lost: Callable[[], Awaitable[None]] | None = None,
+    ) -> LeaderElector:
+        """Run leader election for this service (single-active services); returns the elector."""
+        leases = await self.store(LEASES)
+        self.elector = LeaderElector(leases, self.name, self.id, self.settings.lease_ttl_s)
+        elector = self.elector
+
+        async def elected() -> None:
+            await self.events.publish(EventKind.SERVICE, "elected", message=f"{self.id} leads {self.name}",
+                                      object=self.name, term=elector.term)
+            if on_elected:
+                await on_elected()
+
+        self.health.add_check("leader", lambda: (True, "leader" if elector.is_leader else "standby"))
+        self.spawn(elector.run(elected, on_lost), name="leader-election")
+        return elector
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A background loop owned by the process; its crash is logged and stops the process."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task crashed", task=name, error=repr(t.exception()))
+                self.stopping.set()
+
+        task.add_done_callback(done)
+        return task
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def shutdown(self) -> None:
+        log.info("shutting down", in_flight=self._rpc.in_flight if self._rpc else 0)
+        if self._rpc is not None:
+            await self._rpc.stop(self.settings.shutdown_grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.elector is not None:
+            await self.elector.resign()
+        if self._bus is not None:
+            await self._bus.close()
+        await self.health.stop()
+        log.info("stopped")
+
+
+async def serve(
+    name: str,
+    settings: ChassisSettings,
+    wire: Callable[[ServiceProcess], Awaitable[None]],
+    description: str = "",
+) -> None:
+    proc = ServiceProcess(name, settings, description)
+    proc.install_signal_handlers()
+    await proc.start()
+    try:
+        await wire(proc)
+        await proc.stopping.wait()
+    finally:
+        await proc.shutdown()
+
+
+def run(
+    name: str,
+    settings_cls: type[S],
+    wire: Callable[[ServiceProcess], Awaitable[None]],
+    description: str = "",
+) -> None:
+    """Entry point of a service's composition root: read settings once, serve until signalled."""
+    settings = settings_cls()
+    asyncio.run(serve(name, settings, wire, description))

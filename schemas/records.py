@@ -1,0 +1,292 @@
+"""Records kept in JetStream key-value buckets. Each bucket has exactly one writing service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+from pydantic import Field
+
+from schemas.base import (
+    CloudId,
+    ContainerId,
+    Contract,
+    IfName,
+    InstanceType,
+    NetworkMode,
+    NodeName,
+    utcnow,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# NetResourceSet: one per node, the node's IP resource pool.
+
+
+class PoolSettings(Contract):
+    """Watermarks of a node's pool (defaults are those of the reference system)."""
+
+    pre_allocate: int = Field(2, ge=0, description="free IPs kept ready")
+    min_allocate: int = Field(10, ge=0, description="IPs allocated at bootstrap")
+    max_above_watermark: int = Field(24, ge=0, description="free IPs above which the excess is released")
+    max_allocate: int | None = Field(None, ge=0, description="cap on the pool size; defaults to max pods")
+    burstable: bool = Field(False, description="keep one ENI's worth free and fill a new ENI to capacity")
+    release_excess: bool = Field(True, description="release excess IPs through the handshake")
+    release_delay_s: float = Field(30.0, ge=0, description="how long an excess IP stays marked before it goes")
+    cooldown_s: float = Field(30.0, ge=0, description="a freed pod IP is not handed out again before this")
+
+
+class NodeSpec(Contract):
+    instance_id: CloudId
+    instance_type: InstanceType
+    zone: str
+    cpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    max_pods: int = Field(110, ge=1)
+    mode: NetworkMode = NetworkMode.VPC_ENI
+    primary_ip: IPv4Address | None = None
+    primary_mac: str | None = None
+    subnet_ids: list[CloudId] = Field(default_factory=list, description="subnets pods may use; empty = any")
+    security_group_ids: list[CloudId] = Field(default_factory=list)
+    max_enis: int | None = Field(None, ge=0, description="override of the ENI quota")
+    ips_per_eni: int | None = Field(None, ge=1, description="override of the IP quota per ENI")
+    allow_exclusive: bool = Field(False, description="pods may opt in to an exclusive ENI on this node")
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+
+
+class NodeCapacity(Contract):
+    """What the node can still give pods: the scheduler integration reads this."""
+
+    free_ips: int = 0
+    used_ips: int = 0
+    attachable_ips: int = Field(0, description="IPs obtainable by adding to ENIs with room or new ENIs")
+    free_enis: int = Field(0, description="exclusive mode: spare ENIs ready for a pod")
+    max_enis: int = 0
+    ips_per_eni: int = 0
+
+
+class NodeCondition(Contract):
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+    since: datetime = Field(default_factory=utcnow)
+
+
+class NodeStatus(Contract):
+    ready: bool = False
+    enis: list[CloudId] = Field(default_factory=list)
+    cidrs: list[IPv4Network] = Field(default_factory=list, description="vpc-route: the node's pod CIDRs")
+    router_ip: IPv4Address | None = Field(None, description="vpc-route: the pod gateway on the node")
+    capacity: NodeCapacity = Field(default_factory=NodeCapacity)
+    conditions: list[NodeCondition] = Field(default_factory=list)
+    removing: bool = Field(False, description="the node left; its resources are being cleaned up")
+    registered_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class NetResourceSet(Contract):
+    """Key: the node name (subject token form). Written by ipam."""
+
+    name: NodeName
+    spec: NodeSpec
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ENI: cloud state written by eni_manager, on-node state written by node_datapath.
+
+
+class EniState(StrEnum):
+    AVAILABLE = "available"
+    ATTACHING = "attaching"
+    INUSE = "inuse"
+    DETACHING = "detaching"
+    DELETED = "deleted"
+
+
+class EniUse(StrEnum):
+    SECONDARY_IPS = "secondary-ips"  # vpc-eni: pods take its secondary IPs
+    PRIMARY_NIC = "primary-nic"  # vpc-eni-primary: the instance's own NIC
+    EXCLUSIVE = "exclusive"  # vpc-eni-exclusive: the whole ENI goes to one pod
+
+
+class PrivateIp(Contract):
+    ip: IPv4Address
+    primary: bool = False
+
+
+class Eni(Contract):
+    """Key: the ENI id. Mirrors the cloud, which is the source of truth."""
+
+    eni_id: CloudId
+    node: NodeName
+    instance_id: CloudId
+    use: EniUse = EniUse.SECONDARY_IPS
+    name: str = ""
+    description: str = ""
+    vpc_id: CloudId | None = None
+    subnet_id: CloudId
+    subnet_cidr: IPv4Network
+    zone: str = ""
+    security_group_ids: list[CloudId] = Field(default_factory=list)
+    mac: str = ""
+    state: EniState = EniState.AVAILABLE
+    private_ips: list[PrivateIp] = Field(default_factory=list)
+    ip_quota: int = Field(0, ge=0, description="IPs this ENI can carry, its primary included")
+    index: int = Field(0, ge=0, description="the node-local number N of cce-eni-N and table 127+N")
+    state_since: datetime = Field(default_factory=utcnow)
+    synced_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return next(self.subnet_cidr.hosts())
+
+    @property
+    def primary_ip(self) -> IPv4Address | None:
+        return next((p.ip for p in self.private_ips if p.primary), None)
+
+    @property
+    def secondary_ips(self) -> list[IPv4Address]:
+        return [p.ip for p in self.private_ips if not p.primary]
+
+
+class EniLinkState(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    IN_POD = "in-pod"
+    ERROR = "error"
+
+
+class EniOnNode(Contract):
+    """Key: the ENI id. What node_datapath did with the ENI's link."""
+
+    eni_id: CloudId
+    node: NodeName
+    state: EniLinkState = EniLinkState.PENDING
+    link_name: str = ""
+    original_name: str = ""
+    route_table: int | None = None
+    message: str = ""
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CCEEndpoint: one per pod interface. Written by ipam.
+
+
+class EndpointState(StrEnum):
+    ALLOCATED = "allocated"  # IP reserved; expires unless the node confirms it
+    READY = "ready"  # the node programmed it and confirmed
+    RELEASING = "releasing"  # DEL seen; the IP goes to cooldown
+
+
+class EndpointAddress(Contract):
+    ip: IPv4Address
+    prefix_len: int = Field(32, ge=0, le=32)
+    gateway: IPv4Address
+    subnet_cidr: IPv4Network | None = None
+    eni_id: CloudId | None = None
+    subnet_id: CloudId | None = None
+    route_table: int | None = Field(None, description="the node-side per-ENI table (vpc-eni)")
+    mac: str | None = Field(None, description="exclusive mode: the ENI's MAC")
+
+
+class CceEndpoint(Contract):
+    """Key: `<node>.<container_id>.<ifname>`, the CNI idempotency key scoped by node."""
+
+    node: NodeName
+    container_id: ContainerId
+    ifname: IfName
+    namespace: str
+    pod: str
+    pod_uid: str = ""
+    mode: NetworkMode = NetworkMode.VPC_ENI
+    state: EndpointState = EndpointState.ALLOCATED
+    addresses: list[EndpointAddress] = Field(default_factory=list)
+    host_veth: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = Field(None, description="an unconfirmed allocation expires then")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subnets: a mirror of the cloud's, written by eni_manager.
+
+
+class Subnet(Contract):
+    """Key: the subnet id."""
+
+    subnet_id: CloudId
+    vpc_id: CloudId
+    zone: str
+    cidr: IPv4Network
+    available_ips: int = Field(ge=0)
+    name: str = ""
+    excluded: bool = Field(False, description="operators can take a subnet out of use")
+    synced_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return next(self.cidr.hosts())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vpc-route: the cluster CIDR pool, node CIDRs and route rules, written by route_manager.
+
+
+class ClusterCidrPool(Contract):
+    """Key: `config`. The container CIDR blocks and how they are cut per node."""
+
+    blocks: list[IPv4Network]
+    node_mask: int = Field(24, ge=8, le=30)
+    low_free_threshold: int = Field(8, ge=0, description="a node with fewer free IPs gets another CIDR")
+
+
+class NodeCidrState(StrEnum):
+    ACTIVE = "active"
+    RELEASING = "releasing"
+
+
+class NodeCidr(Contract):
+    """Key: the CIDR with '/' as '_' (e.g. `172.16.3.0_24`); created once, so a CIDR has one owner."""
+
+    cidr: IPv4Network
+    node: NodeName
+    state: NodeCidrState = NodeCidrState.ACTIVE
+    allocated_at: datetime = Field(default_factory=utcnow)
+
+
+class RouteRuleState(StrEnum):
+    PENDING = "pending"  # desired, not yet in the cloud
+    PROGRAMMED = "programmed"  # seen in the cloud listing with our next hop
+    CONFLICT = "conflict"  # the destination is held by a rule we do not own
+    DELETING = "deleting"
+
+
+class RouteRule(Contract):
+    """Key: the destination CIDR in key form. One VPC route rule per node CIDR."""
+
+    destination: IPv4Network
+    node: NodeName
+    route_table_id: CloudId
+    next_hop_instance: CloudId
+    description: str
+    rule_id: CloudId | None = None
+    state: RouteRuleState = RouteRuleState.PENDING
+    conflict: str = Field("", description="what holds the destination when in conflict")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Leader election lease: one key per single-active service.
+
+
+class Lease(Contract):
+    """Key: the service name. Renewed by its holder; taken over when its revision stops moving."""
+
+    holder: str
+    service: str
+    ttl_s: float = Field(gt=0)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    renewed_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,162 @@
+"""The registry of every subject, stream and bucket on the bus, with its payload types and owner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.base import Contract, subject_token
+from schemas.events import Event, EventKind
+from schemas.messages import (
+    AllocateReply,
+    AllocateRequest,
+    CheckReply,
+    CheckRequest,
+    ConfirmReply,
+    ConfirmRequest,
+    ExpandReply,
+    ExpandRequest,
+    NodeRegisterReply,
+    NodeRegisterRequest,
+    NodeRemoveReply,
+    NodeRemoveRequest,
+    ReleaseReply,
+    ReleaseRequest,
+    SetupReply,
+    SetupRequest,
+    TeardownReply,
+    TeardownRequest,
+)
+from schemas.records import (
+    CceEndpoint,
+    ClusterCidrPool,
+    Eni,
+    EniOnNode,
+    Lease,
+    NetResourceSet,
+    NodeCidr,
+    RouteRule,
+    Subnet,
+)
+
+# Services, by the name their micro service and queue group carry.
+IPAM = "ipam"
+ENI_MANAGER = "eni_manager"
+ROUTE_MANAGER = "route_manager"
+NODE_DATAPATH = "node_datapath"
+CNI_GATEWAY = "cni_gateway"
+
+
+@dataclass(frozen=True)
+class RequestSubject:
+    """A request/reply endpoint: `<prefix>.<node>`, served by `service` in a queue group of its name."""
+
+    name: str
+    prefix: str
+    request: type[Contract]
+    reply: type[Contract]
+    service: str
+    summary: str
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.prefix}.*"
+
+    def for_node(self, node: str) -> str:
+        return f"{self.prefix}.{subject_token(node)}"
+
+
+NODE_REGISTER = RequestSubject(
+    "register", "cce.node.v1.register", NodeRegisterRequest, NodeRegisterReply, IPAM,
+    "register a node: create or refresh its NetResourceSet",
+)
+NODE_REMOVE = RequestSubject(
+    "remove", "cce.node.v1.remove", NodeRemoveRequest, NodeRemoveReply, IPAM,
+    "start removing a node: its ENIs, IPs, CIDRs and routes are cleaned up, then its record goes",
+)
+IPAM_ALLOCATE = RequestSubject(
+    "allocate", "cce.ipam.v1.allocate", AllocateRequest, AllocateReply, IPAM,
+    "allocate an IP for a pod interface (idempotent by container id and ifname)",
+)
+IPAM_CONFIRM = RequestSubject(
+    "confirm", "cce.ipam.v1.confirm", ConfirmRequest, ConfirmReply, IPAM,
+    "confirm an allocation after the node programmed it, so it does not expire",
+)
+IPAM_RELEASE = RequestSubject(
+    "release", "cce.ipam.v1.release", ReleaseRequest, ReleaseReply, IPAM,
+    "release a pod interface's IP (idempotent; unknown keys succeed)",
+)
+DATAPATH_SETUP = RequestSubject(
+    "setup", "cce.datapath.v1.setup", SetupRequest, SetupReply, NODE_DATAPATH,
+    "program a pod's interface, addresses, routes and rules on the node",
+)
+DATAPATH_TEARDOWN = RequestSubject(
+    "teardown", "cce.datapath.v1.teardown", TeardownRequest, TeardownReply, NODE_DATAPATH,
+    "remove a pod's network from the node (succeeds when nothing is left)",
+)
+DATAPATH_CHECK = RequestSubject(
+    "check", "cce.datapath.v1.check", CheckRequest, CheckReply, NODE_DATAPATH,
+    "check that a pod's network is as programmed",
+)
+ROUTE_EXPAND = RequestSubject(
+    "expand", "cce.route.v1.expand", ExpandRequest, ExpandReply, ROUTE_MANAGER,
+    "give a vpc-route node one more CIDR before it runs dry",
+)
+
+REQUESTS: tuple[RequestSubject, ...] = (
+    NODE_REGISTER,
+    NODE_REMOVE,
+    IPAM_ALLOCATE,
+    IPAM_CONFIRM,
+    IPAM_RELEASE,
+    DATAPATH_SETUP,
+    DATAPATH_TEARDOWN,
+    DATAPATH_CHECK,
+    ROUTE_EXPAND,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Events.
+
+EVENTS_STREAM = "CCE_EVENTS"
+EVENTS_PREFIX = "cce.events"
+EVENTS_WILDCARD = f"{EVENTS_PREFIX}.>"
+EVENT_PAYLOAD: type[Contract] = Event
+
+
+def event_subject(kind: EventKind, node: str, what: str) -> str:
+    node_token = "-" if node in ("", "-") else subject_token(node)
+    return f"{EVENTS_PREFIX}.{kind.value}.{node_token}.{what}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Buckets: each key space has one writing service; others watch.
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    record: type[Contract]
+    writer: str
+    key: str
+    history: int = 1
+
+
+NODES = Bucket("cce_nodes", NetResourceSet, IPAM, "<node>")
+ENDPOINTS = Bucket("cce_endpoints", CceEndpoint, IPAM, "<node>.<container_id>.<ifname>")
+ENIS = Bucket("cce_enis", Eni, ENI_MANAGER, "<eni_id>")
+ENI_ON_NODE = Bucket("cce_eni_node", EniOnNode, NODE_DATAPATH, "<eni_id>")
+SUBNETS = Bucket("cce_subnets", Subnet, ENI_MANAGER, "<subnet_id>")
+CIDR_POOL = Bucket("cce_cidr_pool", ClusterCidrPool, ROUTE_MANAGER, "config")
+NODE_CIDRS = Bucket("cce_node_cidrs", NodeCidr, ROUTE_MANAGER, "<cidr with / as _>")
+ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as _>")
+LEASES = Bucket("cce_leases", Lease, "*", "<service>")
+
+BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, ENIS, ENI_ON_NODE, SUBNETS, CIDR_POOL, NODE_CIDRS, ROUTES, LEASES)
+
+
+def endpoint_key(node: str, container_id: str, ifname: str) -> str:
+    return f"{subject_token(node)}.{container_id}.{ifname}"
+
+
+def cidr_key(cidr: object) -> str:
+    return str(cidr).replace("/", "_")
