@@ -42,6 +42,7 @@ class Bus:
         self.kv_replicas = kv_replicas
         self._buckets: dict[str, KeyValue] = {}
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self.closing = False
 
     @property
     def connected(self) -> bool:
@@ -70,7 +71,8 @@ class Bus:
                 await holder["bus"]._reconnected()
 
         async def disconnected_cb() -> None:
-            log.warning("nats disconnected")
+            closing = "bus" in holder and holder["bus"].closing
+            (log.debug if closing else log.warning)("nats disconnected")
 
         async def error_cb(err: Exception) -> None:
             log.warning("nats error", error=repr(err))
@@ -149,5 +151,6 @@ class Bus:
         return kv
 
     async def close(self) -> None:
+        self.closing = True
         if not self.nc.is_closed:
             await self.nc.drain()

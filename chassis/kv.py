@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class Store(Generic[T]):
     async def mutate(
         self,
         key: str,
-        change: Callable[[T | None], T | None | _Keep],
+        change: Callable[[T | None], T | _Keep | None],
         attempts: int = 30,
     ) -> Versioned[T] | None:
         """Read-modify-write: `change` gets a private copy of the current value (None if absent) and
@@ -144,9 +145,9 @@ class Store(Generic[T]):
             await watcher.stop()
         return out
 
-    async def keys(self) -> list[str]:
+    async def keys(self) -> builtins.list[str]:
         try:
-            return list(await self.kv.keys())
+            return builtins.list(await self.kv.keys())
         except NoKeysError:
             return []
 

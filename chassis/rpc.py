@@ -103,6 +103,7 @@ class RpcServer:
             queue_group=queue_group or self.name,
             metadata={"request": spec.request.__name__, "reply": spec.reply.__name__, "summary": spec.summary},
         )
+        await self.bus.nc.flush()  # the subscription is known to the server before we say we serve
 
     async def _handle(self, spec: RequestSubject, handler: Handler, req: Request) -> None:
         started = time.perf_counter()
@@ -163,7 +164,7 @@ async def call(bus: Bus, spec: RequestSubject, request: Contract, *, node: str |
     except nats.errors.NoRespondersError:
         raise CceError(ErrorReason.SERVICE_UNAVAILABLE, f"no service answers {target}",
                        subject=target) from None
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         raise CceError(ErrorReason.TIMEOUT, f"no reply on {target} within {timeout}s",
                        subject=target) from None
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,

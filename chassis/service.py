@@ -18,12 +18,13 @@ from chassis.bus import Bus
 from chassis.config import ChassisSettings
 from chassis.events import EventPublisher
 from chassis.http import HealthServer
-from chassis.kv import Store
+from chassis.kv import ChangeHandler, KvCache, Store
 from chassis.leader import LeaderElector
 from chassis.logs import configure_logging, get_logger
 from chassis.rpc import RpcServer
 from schemas.base import Contract
 from schemas.events import EventKind
+from schemas.records import Lease
 from schemas.subjects import LEASES, Bucket
 
 log = get_logger("chassis.service")
@@ -45,6 +46,7 @@ class ServiceProcess:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: Bus | None = None
         self._rpc: RpcServer | None = None
+        self._caches: list[KvCache[Any]] = []
         self.health = HealthServer(settings.http_host, settings.http_port,
                                    {"service": name, "id": self.id, "node": self.node})
 
@@ -75,13 +77,21 @@ class ServiceProcess:
         kv = await self.bus.bucket(bucket)
         return Store(kv, model or bucket.record, bucket.name)  # type: ignore[arg-type]
 
+    async def cache(self, bucket: Bucket, on_change: ChangeHandler[Any] | None = None) -> KvCache[Any]:
+        """A watch-backed view of a bucket, loaded before this returns and rebuilt after every reconnect."""
+        cache: KvCache[Any] = KvCache(await self.store(bucket), on_change)
+        await cache.start()
+        self.bus.on_reconnect(cache.restart)
+        self._caches.append(cache)
+        return cache
+
     async def campaign(
         self,
         on_elected: Callable[[], Awaitable[None]] | None = None,
         on_lost: Callable[[], Awaitable[None]] | None = None,
     ) -> LeaderElector:
         """Run leader election for this service (single-active services); returns the elector."""
-        leases = await self.store(LEASES)
+        leases: Store[Lease] = await self.store(LEASES)
         self.elector = LeaderElector(leases, self.name, self.id, self.settings.lease_ttl_s)
         elector = self.elector
 
@@ -121,6 +131,8 @@ class ServiceProcess:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for cache in self._caches:
+            await cache.stop()
         if self.elector is not None:
             await self.elector.resign()
         if self._bus is not None:

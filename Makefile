@@ -1,0 +1,57 @@
+# cce-network: the README's commands. `make up` runs the local stack; `make test` runs every check.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# the first Python >= 3.11 found (a pyenv shim works too, only slower)
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { command -v $$p; break; }; done)
+NODES ?= 2
+MODE ?= vpc-eni
+PYTEST_ARGS ?=
+
+.PHONY: setup up up-detached down status lint typecheck api compose test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "need Python >= 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+up: setup
+	$(VENV)/bin/cce-net up --nodes $(NODES) --mode $(MODE)
+
+up-detached: setup
+	$(VENV)/bin/cce-net up --detach --nodes $(NODES) --mode $(MODE)
+
+down:
+	$(VENV)/bin/cce-net down
+
+status:
+	$(VENV)/bin/cce-net status
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy schemas chassis services cce_net
+
+api: setup
+	$(PY) -m schemas.apidoc
+
+compose: setup
+	$(VENV)/bin/cce-net compose
+
+test: setup lint typecheck
+	$(PY) -m schemas.apidoc --check
+	$(VENV)/bin/cce-net compose --check
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/bus.py
+
+clean:
+	rm -rf $(VENV) .cce-state .pytest_cache .mypy_cache .ruff_cache

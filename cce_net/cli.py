@@ -1,0 +1,249 @@
+"""`cce-net`: run the local stack and look inside it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cce_net import stack as stack_mod
+from cce_net.topology import COMPOSE_FILE, compose_text
+from chassis.config import ChassisSettings
+from schemas.base import NetworkMode
+
+app = typer.Typer(help="cce-network: a container network for a cloud VPC, on a NATS bus.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+svc_app = typer.Typer(help="Micro services on the bus.", no_args_is_help=True)
+app.add_typer(svc_app, name="svc")
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+StateDir = Annotated[Path, typer.Option("--state-dir", envvar="CCE_STATE_DIR",
+                                        help="where the local stack keeps its state and logs")]
+NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="NATS_URL",
+                                             help="NATS server (default: the local stack's)")]
+DEFAULT_STATE = Path(".cce-state")
+
+
+def resolve_url(nats_url: str | None, state_dir: Path) -> str:
+    if nats_url:
+        return nats_url
+    state = stack_mod.read_state(state_dir)
+    if state and state.get("nats_url"):
+        return str(state["nats_url"])
+    return "nats://127.0.0.1:4222"
+
+
+def with_bus(url: str, action: Callable[[Any], Awaitable[T]]) -> T:
+    from chassis.bus import Bus
+    from chassis.logs import configure_logging
+
+    configure_logging("warning", json_output=False)
+
+    async def go() -> T:
+        try:
+            bus = await Bus.connect(ChassisSettings(nats_url=url), name="cce-net-cli", wait_s=2.0)
+        except Exception as err:
+            err_console.print(f"[red]cannot reach NATS at {url}: {err!r}[/red]")
+            raise typer.Exit(2) from None
+        try:
+            return await action(bus)
+        finally:
+            await bus.close()
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# up / down
+
+
+@app.command()
+def up(
+    nodes: Annotated[int, typer.Option(min=0, max=64, help="simulated nodes")] = 2,
+    mode: Annotated[NetworkMode, typer.Option(help="network mode of the cluster")] = NetworkMode.VPC_ENI,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    nats_url: NatsUrl = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 60.0,
+) -> None:
+    """Start the local stack: NATS (embedded unless NATS_URL) and every service, one log file each."""
+    state_dir = state_dir.resolve()
+    existing = stack_mod.read_state(state_dir)
+    if existing and stack_mod.pid_alive(existing.get("supervisor_pid")):
+        err_console.print(f"a stack is already running from {state_dir} (pid {existing['supervisor_pid']}); "
+                          "run `cce-net down` first")
+        raise typer.Exit(1)
+    if detach:
+        _up_detached(nodes, mode, state_dir, nats_url, timeout)
+        return
+    _up_foreground(nodes, mode, state_dir, nats_url, timeout)
+
+
+def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
+                   timeout: float) -> None:
+    stop = {"now": False}
+
+    def on_signal(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    local = stack_mod.LocalStack(state_dir, nodes=nodes, mode=mode.value, nats_url=nats_url,
+                                 say=lambda m: console.print(m))
+    try:
+        local.start(timeout)
+    except Exception as err:
+        err_console.print(f"[red]start failed: {err}[/red]")
+        local.stop()
+        raise typer.Exit(1) from None
+    _print_stack(stack_mod.read_state(state_dir) or {})
+    console.print("running; Ctrl-C or `cce-net down` stops everything")
+    try:
+        while not stop["now"]:
+            local.supervise_once()
+            time.sleep(0.2)
+    finally:
+        console.print("stopping...")
+        local.stop()
+        console.print("stopped")
+
+
+def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
+                 timeout: float) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / stack_mod.STATE_FILE).unlink(missing_ok=True)
+    args = [sys.executable, "-m", "cce_net", "up", "--nodes", str(nodes), "--mode", mode.value,
+            "--state-dir", str(state_dir), "--timeout", str(timeout)]
+    if nats_url:
+        args += ["--nats-url", nats_url]
+    log = state_dir / "up.log"
+    with open(log, "ab") as out:
+        sup = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, "COLUMNS": "160"})
+    deadline = time.monotonic() + timeout + 10
+    while time.monotonic() < deadline:
+        state = stack_mod.read_state(state_dir)
+        if state and state.get("ready") and state.get("supervisor_pid") == sup.pid:
+            _print_stack(state)
+            console.print(f"running in the background (supervisor pid {sup.pid}, log {log}); "
+                          "`cce-net down` stops it")
+            return
+        if sup.poll() is not None:
+            break
+        time.sleep(0.1)
+    err_console.print(f"[red]the stack did not come up; see {log}[/red]")
+    err_console.print(log.read_text(errors="replace")[-3000:])
+    stack_mod.down(state_dir)
+    raise typer.Exit(1)
+
+
+def _print_stack(state: dict[str, Any]) -> None:
+    table = Table(title=f"cce-network local stack — NATS {state.get('nats_url')}")
+    for col in ("service", "pid", "health/metrics", "log"):
+        table.add_column(col)
+    for s in state.get("services", []):
+        table.add_row(s["id"], str(s["pid"]), s["http"], s["log"])
+    console.print(table)
+    console.print(f"nodes requested: {state.get('nodes')}  mode: {state.get('mode')}  "
+                  "(per-node services join the topology as they are built)")
+
+
+@app.command()
+def down(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Stop the local stack and every process it started."""
+    if stack_mod.down(state_dir.resolve(), say=lambda m: console.print(m)):
+        console.print("stack stopped")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# looking inside
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Nodes, pools, ENIs, endpoints and routes, read from the KV buckets."""
+    from cce_net.inspect import render_status, status_data
+
+    data = with_bus(resolve_url(nats_url, state_dir), status_data)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        render_status(data, console)
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
+    subject_filter: Annotated[str, typer.Option("--filter", help="subject filter")] = "cce.events.>",
+    last: Annotated[int | None, typer.Option(help="only the last N events")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON of each event")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Print the events stored in CCE_EVENTS (like `nats sub`), optionally following new ones."""
+    from cce_net.inspect import tail_events
+
+    async def action(bus: Any) -> int:
+        return await tail_events(bus, follow=follow, subject_filter=subject_filter, last=last,
+                                 as_json=as_json, out=lambda line: print(line, flush=True))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        with_bus(resolve_url(nats_url, state_dir), action)
+
+
+@svc_app.command("ls")
+def svc_ls(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to collect answers")] = 0.5,
+    state_dir: StateDir = DEFAULT_STATE,
+    nats_url: NatsUrl = None,
+) -> None:
+    """List the running micro services ($SRV.INFO / $SRV.STATS) with endpoints and stats."""
+    from cce_net.inspect import list_services, render_services
+
+    async def action(bus: Any) -> list[dict[str, Any]]:
+        return await list_services(bus, timeout)
+
+    services = with_bus(resolve_url(nats_url, state_dir), action)
+    if as_json:
+        print(json.dumps(services, indent=2, default=str))
+    else:
+        render_services(services, console)
+
+
+@app.command()
+def compose(
+    check: Annotated[bool, typer.Option("--check", help="exit 1 if the file is stale")] = False,
+) -> None:
+    """Write compose/docker-compose.yml from the topology (the same one `up` runs)."""
+    text = compose_text()
+    if check:
+        current = COMPOSE_FILE.read_text() if COMPOSE_FILE.exists() else ""
+        if current != text:
+            err_console.print(f"{COMPOSE_FILE} is stale: run `cce-net compose`")
+            raise typer.Exit(1)
+        return
+    COMPOSE_FILE.write_text(text)
+    console.print(f"wrote {COMPOSE_FILE}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,336 @@
+"""Read-only views of a running cluster for the `cce-net` CLI: the records in the buckets, the event stream,
+and the micro services on the bus. Nothing here creates or changes anything on the server (beyond the
+ephemeral consumer and inbox subscriptions that reading needs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from chassis.bus import Bus
+from chassis.kv import Store
+from schemas.events import Event
+from schemas.subjects import (
+    CIDR_POOL,
+    ENDPOINTS,
+    ENI_ON_NODE,
+    ENIS,
+    EVENTS_STREAM,
+    EVENTS_WILDCARD,
+    LEASES,
+    NODE_CIDRS,
+    NODES,
+    ROUTES,
+    SUBNETS,
+    Bucket,
+)
+
+PushSubscription = JetStreamContext.PushSubscription
+
+# The sections of `status_data`, each read from one bucket.
+SECTIONS: dict[str, Bucket] = {
+    "nodes": NODES,
+    "enis": ENIS,
+    "eni_on_node": ENI_ON_NODE,
+    "endpoints": ENDPOINTS,
+    "subnets": SUBNETS,
+    "node_cidrs": NODE_CIDRS,
+    "routes": ROUTES,
+    "leaders": LEASES,
+    "cidr_pool": CIDR_POOL,
+}
+
+# ------------------------------------------------------------------------------------------------------------
+# Status: the records in the buckets.
+
+
+async def _read_bucket(bus: Bus, bucket: Bucket) -> list[dict[str, Any]]:
+    """A bucket's records as JSON-ready dicts with their key; a missing bucket is empty, not created."""
+    try:
+        kv = await bus.js.key_value(bucket.name)
+    except BucketNotFoundError:
+        return []
+    items = await Store(kv, bucket.record, bucket.name).list()
+    return [{"key": key, **item.value.model_dump(mode="json")} for key, item in sorted(items.items())]
+
+
+def _pools(nodes: list[dict[str, Any]], enis: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per node: its mode, its ENIs (by its status and by the ENI records) and its IP capacity."""
+    pools = []
+    for node in nodes:
+        eni_ids = set(node["status"]["enis"]) | {e["eni_id"] for e in enis if e["node"] == node["name"]}
+        capacity = node["status"]["capacity"]
+        pools.append({
+            "node": node["name"],
+            "mode": node["spec"]["mode"],
+            "enis": len(eni_ids),
+            "free_ips": capacity["free_ips"],
+            "used_ips": capacity["used_ips"],
+            "attachable_ips": capacity["attachable_ips"],
+            "max_enis": capacity["max_enis"],
+            "ips_per_eni": capacity["ips_per_eni"],
+        })
+    return pools
+
+
+async def status_data(bus: Bus) -> dict[str, Any]:
+    """A JSON-serialisable snapshot of every bucket, plus a `pools` section derived per node."""
+    lists = await asyncio.gather(*(_read_bucket(bus, bucket) for bucket in SECTIONS.values()))
+    data: dict[str, Any] = dict(zip(SECTIONS, lists, strict=True))
+    data["pools"] = _pools(data["nodes"], data["enis"])
+    return data
+
+
+def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("-" if cell is None or cell == "" else str(cell) for cell in row))
+    if not table.row_count:
+        table.caption = "(none)"
+    return table
+
+
+def _node_rows(data: dict[str, Any]) -> list[list[Any]]:
+    enis = {p["node"]: p["enis"] for p in data.get("pools", [])}
+    return [
+        [n["name"], n["spec"]["mode"], n["spec"]["instance_id"], n["spec"]["zone"],
+         "yes" if n["status"]["ready"] else "no", enis.get(n["name"], len(n["status"]["enis"])),
+         f"{n['status']['capacity']['free_ips']}/{n['status']['capacity']['used_ips']}"]
+        for n in data.get("nodes", [])
+    ]
+
+
+def _endpoint_rows(data: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [f"{e['namespace']}/{e['pod']}", e["node"], e["container_id"][:12], e["ifname"], e["state"],
+         ", ".join(a["ip"] for a in e["addresses"])]
+        for e in data.get("endpoints", [])
+    ]
+
+
+def _status_tables(data: dict[str, Any]) -> list[Table]:
+    def rows(section: str, *fields: str) -> list[list[Any]]:
+        return [[item.get(f) for f in fields] for item in data.get(section, [])]
+
+    return [
+        _table("Nodes", ["name", "mode", "instance", "zone", "ready", "ENIs", "free/used IPs"],
+               _node_rows(data)),
+        _table("Pools", ["node", "mode", "ENIs", "free IPs", "used IPs", "attachable IPs", "max ENIs",
+                         "IPs/ENI"],
+               rows("pools", "node", "mode", "enis", "free_ips", "used_ips", "attachable_ips", "max_enis",
+                    "ips_per_eni")),
+        _table("ENIs", ["id", "node", "state", "subnet", "mac", "IPs"],
+               [[e["eni_id"], e["node"], e["state"], e["subnet_id"], e["mac"], len(e["private_ips"])]
+                for e in data.get("enis", [])]),
+        _table("Endpoints", ["pod", "node", "container", "ifname", "state", "IPs"], _endpoint_rows(data)),
+        _table("Subnets", ["id", "zone", "cidr", "available IPs", "excluded"],
+               rows("subnets", "subnet_id", "zone", "cidr", "available_ips", "excluded")),
+        _table("Routes", ["destination", "node", "next hop", "state"],
+               rows("routes", "destination", "node", "next_hop_instance", "state")),
+        _table("Node CIDRs", ["cidr", "node", "state"], rows("node_cidrs", "cidr", "node", "state")),
+        _table("Leaders", ["service", "holder", "renewed"],
+               rows("leaders", "service", "holder", "renewed_at")),
+    ]
+
+
+def render_status(data: dict[str, Any], console: Console) -> None:
+    """Print `status_data` as one table per kind of record."""
+    for table in _status_tables(data):
+        console.print(table)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Events: the stream CCE_EVENTS, read like `nats sub`.
+
+
+def _ts(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def format_event(msg: Msg, as_json: bool = False) -> str:
+    """One line per event; a payload that is not an Event is shown as its raw text."""
+    text = msg.data.decode(errors="replace")
+    if as_json:
+        return text
+    try:
+        event = Event.model_validate_json(msg.data)
+    except ValidationError:
+        return f"{_ts(msg.metadata.timestamp)} {msg.subject} (undecodable) {text}"
+    reason = event.reason.value if event.reason else "-"
+    return (f"{_ts(event.time)} {msg.subject} {event.severity.value} {reason} {event.object or '-'} "
+            f"{event.message}").rstrip()
+
+
+async def _events_stream(bus: Bus) -> StreamInfo | None:
+    try:
+        return await bus.js.stream_info(EVENTS_STREAM)
+    except NotFoundError:
+        return None
+
+
+def _consumer_config(info: StreamInfo, subject_filter: str, last: int | None) -> ConsumerConfig:
+    """Where to start: everything, only new events (last=0), or the last N. The last N of the whole stream
+    start at a computed sequence; under a narrower filter the loop skips to them by num_pending instead."""
+    if last is None:
+        return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    if last == 0:
+        return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+    if subject_filter in (EVENTS_WILDCARD, *(info.config.subjects or [])):
+        start = max(info.state.first_seq, info.state.last_seq - last + 1, 1)
+        return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+
+
+async def _nothing_matches(sub: PushSubscription) -> bool:
+    info = await sub.consumer_info()
+    return not info.num_pending and not (info.delivered and info.delivered.consumer_seq)
+
+
+async def _print_events(sub: PushSubscription, *, follow: bool, last: int | None, as_json: bool,
+                        out: Callable[[str], None], idle_exit_s: float | None) -> int:
+    count, caught_up = 0, False
+    wait = idle_exit_s if follow else 1.0  # follow without idle_exit_s: wait forever
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=wait)
+        except nats.errors.TimeoutError:
+            if follow or (await sub.consumer_info()).num_pending == 0:
+                return count  # follow: idle for idle_exit_s; else: caught up (the tail was deleted meanwhile)
+            continue
+        pending = msg.metadata.num_pending
+        if caught_up or last is None or pending < last:
+            out(format_event(msg, as_json))
+            count += 1
+        caught_up = caught_up or pending == 0
+        if caught_up and not follow:
+            return count
+
+
+async def tail_events(
+    bus: Bus,
+    *,
+    follow: bool,
+    subject_filter: str = EVENTS_WILDCARD,
+    last: int | None = None,
+    as_json: bool = False,
+    out: Callable[[str], None] = print,
+    idle_exit_s: float | None = None,
+) -> int:
+    """Print the events under `subject_filter` (all, or the last `last`), then with `follow` new ones until
+    cancelled (or idle for `idle_exit_s`). Returns how many were printed."""
+    if last is not None and last < 0:
+        raise ValueError("last must be >= 0")
+    info = await _events_stream(bus)
+    if info is None:
+        out(f"no event stream {EVENTS_STREAM} on this server (no service has started yet?)")
+        return 0
+    if not follow and (info.state.messages == 0 or last == 0):
+        return 0
+    config = _consumer_config(info, subject_filter, last)
+    try:
+        sub = await bus.js.subscribe(subject_filter, stream=EVENTS_STREAM, ordered_consumer=True,
+                                     deliver_policy=config.deliver_policy, config=config)
+    except APIError as err:
+        out(f"cannot read {subject_filter} from {EVENTS_STREAM}: {err.description or err}")
+        return 0
+    try:
+        if not follow and await _nothing_matches(sub):
+            return 0
+        return await _print_events(sub, follow=follow, last=last, as_json=as_json, out=out,
+                                   idle_exit_s=idle_exit_s)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Services: the micro services on the bus, found like `nats micro ls`.
+
+
+async def _ask_all(bus: Bus, subject: str, wait_s: float) -> list[dict[str, Any]]:
+    """Publish to a `$SRV` subject and gather every (JSON object) reply for `wait_s` seconds."""
+    replies: list[dict[str, Any]] = []
+
+    async def collect(msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            reply = json.loads(msg.data)
+            if isinstance(reply, dict) and "id" in reply:
+                replies.append(reply)
+
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=collect)
+    try:
+        await bus.nc.publish(subject, b"", reply=inbox)
+        await bus.nc.flush()
+        await asyncio.sleep(wait_s)
+    finally:
+        await sub.unsubscribe()
+    return replies
+
+
+def _endpoints(info: dict[str, Any], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    by_name = {e.get("name"): e for e in stats.get("endpoints") or []}
+    out = []
+    for endpoint in info.get("endpoints") or stats.get("endpoints") or []:
+        st = by_name.get(endpoint.get("name"), {})
+        out.append({
+            "name": endpoint.get("name", ""),
+            "subject": endpoint.get("subject", ""),
+            "queue_group": endpoint.get("queue_group", ""),
+            "num_requests": st.get("num_requests", 0),
+            "num_errors": st.get("num_errors", 0),
+            "last_error": st.get("last_error", ""),
+            "data": st.get("data"),
+        })
+    return out
+
+
+def _service(info: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    base = info or stats
+    return {
+        "name": base.get("name", ""),
+        "id": base.get("id", ""),
+        "version": base.get("version", ""),
+        "description": info.get("description") or "",
+        "metadata": base.get("metadata") or {},
+        "started": stats.get("started"),
+        "endpoints": _endpoints(info, stats),
+    }
+
+
+async def list_services(bus: Bus, timeout: float = 0.5) -> list[dict[str, Any]]:
+    """Every micro service instance answering `$SRV.INFO` / `$SRV.STATS` within `timeout`, sorted."""
+    infos, stats = await asyncio.gather(_ask_all(bus, "$SRV.INFO", timeout),
+                                        _ask_all(bus, "$SRV.STATS", timeout))
+    info_by_id = {i["id"]: i for i in infos}
+    stats_by_id = {s["id"]: s for s in stats}
+    services = [_service(info_by_id.get(sid, {}), stats_by_id.get(sid, {}))
+                for sid in info_by_id | stats_by_id]
+    return sorted(services, key=lambda s: (s["name"], s["id"]))
+
+
+def render_services(services: list[dict[str, Any]], console: Console) -> None:
+    """Print `list_services` as one table, a row per service instance."""
+    rows = [
+        [s["name"], s["id"], s["version"], s["metadata"].get("node"), s["metadata"].get("http"),
+         "\n".join(e["subject"] for e in s["endpoints"]),
+         sum(e["num_requests"] for e in s["endpoints"]), sum(e["num_errors"] for e in s["endpoints"])]
+        for s in services
+    ]
+    console.print(_table("Services", ["service", "id", "version", "node", "http", "endpoints", "requests",
+                                      "errors"], rows))

@@ -1,0 +1,267 @@
+"""Run the topology as local processes: nats-server (embedded unless NATS_URL is given) and every service,
+one log file each, supervised (a crashed service is restarted with back-off) and stopped in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cce_net.topology import SERVICES, ServiceDef
+from chassis.embedded_nats import EmbeddedNats, free_port
+from chassis.procs import parent_death_signal
+
+STATE_FILE = "stack.json"
+DEFAULT_NATS_PORT = 4222
+
+
+@dataclass
+class Proc:
+    service: ServiceDef
+    replica: int
+    http_port: int
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start: float = 0.0
+    backoff: float = 1.0
+
+    @property
+    def id(self) -> str:
+        return f"{self.service.name}-{self.replica}"
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class LocalStack:
+    state_dir: Path
+    nodes: int = 0
+    mode: str = "vpc-eni"
+    nats_url: str | None = None
+    python: str = sys.executable
+    say: Callable[[str], None] = print
+    procs: list[Proc] = field(default_factory=list)
+    nats: EmbeddedNats | None = None
+
+    @property
+    def url(self) -> str:
+        if self.nats is not None:
+            return self.nats.url
+        assert self.nats_url
+        return self.nats_url
+
+    def plan(self) -> list[Proc]:
+        logs = self.state_dir / "logs"
+        return [
+            Proc(svc, i + 1, free_port(), logs / f"{svc.name}-{i + 1}.log")
+            for svc in SERVICES
+            if not svc.per_node
+            for i in range(svc.replicas)
+        ]
+
+    def _env(self, proc: Proc) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CCE_NATS_URL": self.url,
+            "CCE_HTTP_HOST": "127.0.0.1",
+            "CCE_HTTP_PORT": str(proc.http_port),
+            "CCE_SERVICE_ID": proc.id,
+            "CCE_LOG_JSON": "true",
+            "PYTHONUNBUFFERED": "1",
+            **proc.service.env,
+        }
+
+    def _spawn(self, proc: Proc) -> None:
+        proc.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(proc.log, "ab") as log:
+            proc.popen = subprocess.Popen(
+                [self.python, "-m", proc.service.module], env=self._env(proc), stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=parent_death_signal,
+            )
+        proc.started_at = time.monotonic()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.nats_url:
+            port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else 0
+            self.nats = EmbeddedNats(self.state_dir / "nats", port=port,
+                                     log_file=self.state_dir / "logs" / "nats-server.log")
+            (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+            self.nats.start()
+        self.procs = self.plan()
+        for proc in self.procs:
+            self._spawn(proc)
+        self.write_state(ready=False)
+        self._wait_healthy(timeout)
+        self.write_state(ready=True)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(self.procs)
+        while waiting:
+            waiting = [p for p in waiting if not _healthy(p.http_port)]
+            dead = [p for p in waiting if not p.alive]
+            if dead:
+                raise StackError(f"{dead[0].id} exited during start-up; see {dead[0].log}")
+            if time.monotonic() > deadline:
+                raise StackError(f"not healthy within {timeout}s: {', '.join(p.id for p in waiting)}")
+            time.sleep(0.1)
+
+    def supervise_once(self) -> None:
+        """Restart services that died, with exponential back-off (reset after a minute of good health)."""
+        now = time.monotonic()
+        for proc in self.procs:
+            if proc.alive:
+                if now - proc.started_at > 60:
+                    proc.backoff = 1.0
+                continue
+            if proc.next_start == 0.0:
+                rc = proc.popen.returncode if proc.popen else None
+                proc.next_start = now + proc.backoff
+                self.say(f"{proc.id} exited (rc={rc}); restarting in {proc.backoff:.0f}s, log: {proc.log}")
+                proc.backoff = min(proc.backoff * 2, 30.0)
+            elif now >= proc.next_start:
+                proc.next_start = 0.0
+                proc.restarts += 1
+                self._spawn(proc)
+                self.write_state(ready=True)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every service (they finish in-flight work), SIGKILL stragglers, then stop NATS."""
+        for proc in reversed(self.procs):
+            if proc.alive and proc.popen:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"{proc.id} did not stop within {grace}s; killing it")
+                proc.popen.kill()
+                proc.popen.wait()
+        if self.nats is not None:
+            self.nats.stop()
+        state = self.state_dir / STATE_FILE
+        state.unlink(missing_ok=True)
+
+    def write_state(self, ready: bool) -> None:
+        state = {
+            "supervisor_pid": os.getpid(),
+            "ready": ready,
+            "nats_url": self.url,
+            "nats_pid": self.nats.pid if self.nats else None,
+            "nodes": self.nodes,
+            "mode": self.mode,
+            "services": [
+                {"id": p.id, "service": p.service.name, "module": p.service.module,
+                 "pid": p.popen.pid if p.popen else None, "http": f"http://127.0.0.1:{p.http_port}",
+                 "log": str(p.log), "restarts": p.restarts}
+                for p in self.procs
+            ],
+        }
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_dir / STATE_FILE)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=0.5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    path = state_dir / STATE_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def down(state_dir: Path, grace: float = 20.0, say: Callable[[str], None] = print) -> bool:
+    """Stop a running stack: ask its supervisor, then make sure none of its recorded processes is left."""
+    state = read_state(state_dir)
+    if state is None:
+        say(f"no stack is recorded in {state_dir}")
+        return False
+    sup = int(state.get("supervisor_pid") or 0)
+    if pid_alive(sup) and any(w in _cmdline(sup) for w in ("cce_net", "cce-net")):
+        os.kill(sup, signal.SIGTERM)
+        _wait_gone([sup], grace)
+    leftovers = [s["pid"] for s in state.get("services", []) if pid_alive(s.get("pid"))
+                 and s["module"] in _cmdline(s["pid"])]
+    if pid_alive(state.get("nats_pid")) and "nats-server" in _cmdline(state["nats_pid"]):
+        leftovers.append(state["nats_pid"])
+    for pid in leftovers:
+        os.kill(pid, signal.SIGTERM)
+    for pid in _wait_gone(leftovers, 10.0):
+        say(f"pid {pid} ignored SIGTERM; killing it")
+        os.kill(pid, signal.SIGKILL)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [p for p in pids if pid_alive(p)]
+        if not pids:
+            return []
+        time.sleep(0.1)
+    return pids

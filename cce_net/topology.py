@@ -1,0 +1,89 @@
+"""The one definition of the stack's topology. `cce-net up` runs it as local processes and
+`compose/docker-compose.yml` is generated from it (`cce-net compose`), so the two cannot drift."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "compose" / "docker-compose.yml"
+IMAGE = "cce-network:dev"
+NATS_IMAGE = "nats:2.11-alpine"
+HTTP_PORT_IN_CONTAINER = 9090
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    name: str
+    module: str
+    description: str
+    replicas: int = 1
+    per_node: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        return ["python", "-m", self.module]
+
+
+# Control-plane services: ipam scales out; the managers run a leader and a standby.
+SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("ipam", "services.ipam", "pod IP allocation from per-node pools", replicas=2),
+    ServiceDef("eni_manager", "services.eni_manager", "ENI lifecycle in the cloud (leader + standby)",
+               replicas=2),
+    ServiceDef("route_manager", "services.route_manager", "node CIDRs and VPC routes (leader + standby)",
+               replicas=2),
+)
+
+
+def compose_name(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def render_compose() -> dict[str, Any]:
+    services: dict[str, Any] = {
+        "nats": {
+            "image": NATS_IMAGE,
+            "command": ["-js", "-sd", "/data", "-m", "8222"],
+            "ports": ["4222:4222", "8222:8222"],
+            "volumes": ["nats-data:/data"],
+            "healthcheck": {"test": ["CMD", "wget", "-q", "-O-", "http://localhost:8222/healthz"],
+                            "interval": "5s", "retries": 10},
+            "restart": "unless-stopped",
+        }
+    }
+    for svc in SERVICES:
+        if svc.per_node:
+            continue
+        services[compose_name(svc.name)] = {
+            "image": IMAGE,
+            "build": {"context": "..", "dockerfile": "compose/Dockerfile"},
+            "command": svc.argv,
+            "environment": {
+                "CCE_NATS_URL": "nats://nats:4222",
+                "CCE_HTTP_HOST": "0.0.0.0",
+                "CCE_HTTP_PORT": str(HTTP_PORT_IN_CONTAINER),
+                **svc.env,
+            },
+            "depends_on": {"nats": {"condition": "service_healthy"}},
+            "deploy": {"replicas": svc.replicas},
+            "healthcheck": {
+                "test": ["CMD", "python", "-c",
+                         f"import urllib.request as u; u.urlopen('http://127.0.0.1:{HTTP_PORT_IN_CONTAINER}"
+                         "/healthz', timeout=2)"],
+                "interval": "10s", "retries": 3,
+            },
+            "restart": "unless-stopped",
+            "stop_grace_period": "15s",
+        }
+    return {"name": "cce-network", "services": services, "volumes": {"nats-data": {}}}
+
+
+HEADER = "# Generated from cce_net/topology.py by `cce-net compose`; do not edit by hand.\n"
+
+
+def compose_text() -> str:
+    return HEADER + yaml.safe_dump(render_compose(), sort_keys=False, width=110)

@@ -1,0 +1,3 @@
+from services.eni_manager.main import main
+
+main()

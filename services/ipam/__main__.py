@@ -1,0 +1,3 @@
+from services.ipam.main import main
+
+main()

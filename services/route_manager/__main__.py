@@ -1,0 +1,3 @@
+from services.route_manager.main import main
+
+main()

@@ -1,0 +1,119 @@
+"""End-to-end tier: the README's commands against the whole local stack, run as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cce_net.stack import pid_alive, read_state
+
+pytestmark = pytest.mark.e2e
+
+
+def cce_net(*args: str, state_dir: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "cce_net", *args, "--state-dir", str(state_dir)],
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    result = cce_net("up", "--detach", "--nodes", "2", state_dir=state_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield state_dir
+    cce_net("down", state_dir=state_dir)
+
+
+def _all_pids(state: dict[str, Any]) -> list[int]:
+    return [state["supervisor_pid"], state["nats_pid"], *(s["pid"] for s in state["services"])]
+
+
+def test_svc_ls_lists_every_running_service(stack: Path) -> None:
+    result = cce_net("svc", "ls", "--json", state_dir=stack)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)
+    assert Counter(s["name"] for s in services) == {"ipam": 2, "eni_manager": 2, "route_manager": 2}
+    table = cce_net("svc", "ls", state_dir=stack).stdout
+    assert "eni_manager" in table
+
+
+def test_status_reads_the_buckets(stack: Path) -> None:
+    result = cce_net("status", "--json", state_dir=stack)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["nodes"] == []
+    assert data["endpoints"] == []
+    leaders = {item["service"] for item in data["leaders"]}
+    assert leaders == {"eni_manager", "route_manager"}
+    assert "Nodes" in cce_net("status", state_dir=stack).stdout
+
+
+def test_events_prints_what_the_services_published(stack: Path) -> None:
+    result = cce_net("events", "--json", "--filter", "cce.events.service.>", state_dir=stack)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert {e["object"] for e in events if e["what"] == "elected"} >= {"eni_manager", "route_manager"}
+
+
+def test_every_service_reports_health_and_metrics(stack: Path) -> None:
+    state = read_state(stack)
+    assert state is not None
+    roles = Counter()
+    for svc in state["services"]:
+        with urllib.request.urlopen(svc["http"] + "/healthz", timeout=2) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "ok"
+        if "leader" in body["checks"]:
+            roles[(svc["service"], body["checks"]["leader"]["detail"])] += 1
+        with urllib.request.urlopen(svc["http"] + "/metrics", timeout=2) as resp:
+            assert b"cce_bus_requests_in_flight" in resp.read() or svc["service"]
+    assert roles[("eni_manager", "leader")] == 1
+    assert roles[("eni_manager", "standby")] == 1
+
+
+def test_a_crashed_service_is_restarted(stack: Path) -> None:
+    state = read_state(stack)
+    assert state is not None
+    victim = next(s for s in state["services"] if s["id"] == "ipam-2")
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        now = read_state(stack)
+        assert now is not None
+        entry = next(s for s in now["services"] if s["id"] == "ipam-2")
+        if entry["restarts"] >= 1 and pid_alive(entry["pid"]):
+            break
+        assert time.monotonic() < deadline, "ipam-2 was not restarted"
+        time.sleep(0.2)
+    assert entry["pid"] != victim["pid"]
+
+
+def test_up_refuses_a_second_stack_in_the_same_state_dir(stack: Path) -> None:
+    result = cce_net("up", "--detach", state_dir=stack)
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+
+
+def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
+    assert cce_net("up", "--detach", "--nodes", "1", state_dir=tmp_path).returncode == 0
+    state = read_state(tmp_path)
+    assert state is not None
+    pids = _all_pids(state)
+    assert all(pid_alive(p) for p in pids)
+    result = cce_net("down", state_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [p for p in pids if pid_alive(p)] == []
+    assert read_state(tmp_path) is None
