@@ -1,0 +1,1 @@
+"""The cloud port (`VpcApi`) shaped by our domain, and its production adapter over bce-python-sdk."""
