@@ -1,0 +1,3 @@
+from services.vpc_sim.main import main
+
+main()
