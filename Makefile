@@ -37,7 +37,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 typecheck: setup
-	$(VENV)/bin/mypy schemas chassis services cce_net
+	$(VENV)/bin/mypy schemas chassis cloud services cce_net
 
 api: setup
 	$(PY) -m schemas.apidoc

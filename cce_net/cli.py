@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cce_net import stack as stack_mod
+from cce_net.sim_cli import sim_app
 from cce_net.topology import COMPOSE_FILE, compose_text
 from chassis.config import ChassisSettings
 from schemas.base import NetworkMode
@@ -27,6 +28,7 @@ app = typer.Typer(help="cce-network: a container network for a cloud VPC, on a N
                   no_args_is_help=True, pretty_exceptions_enable=False)
 svc_app = typer.Typer(help="Micro services on the bus.", no_args_is_help=True)
 app.add_typer(svc_app, name="svc")
+app.add_typer(sim_app, name="sim")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -158,8 +160,8 @@ def _print_stack(state: dict[str, Any]) -> None:
     for s in state.get("services", []):
         table.add_row(s["id"], str(s["pid"]), s["http"], s["log"])
     console.print(table)
-    console.print(f"nodes requested: {state.get('nodes')}  mode: {state.get('mode')}  "
-                  "(per-node services join the topology as they are built)")
+    console.print(f"simulated VPC: {state.get('sim_url')} (`cce-net sim info`); nodes: {state.get('nodes')}  "
+                  f"mode: {state.get('mode')}")
 
 
 @app.command()

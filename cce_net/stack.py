@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cce_net.topology import SERVICES, ServiceDef
+from cce_net.topology import SERVICES, SIM_SERVICE, ServiceDef, resolve_env
 from chassis.embedded_nats import EmbeddedNats, free_port
 from chassis.procs import parent_death_signal
 
@@ -71,8 +71,13 @@ class LocalStack:
             for i in range(svc.replicas)
         ]
 
+    @property
+    def sim_url(self) -> str:
+        sim = next((p for p in self.procs if p.service.name == SIM_SERVICE), None)
+        return f"http://127.0.0.1:{sim.http_port}" if sim else ""
+
     def _env(self, proc: Proc) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "CCE_NATS_URL": self.url,
             "CCE_HTTP_HOST": "127.0.0.1",
@@ -80,8 +85,17 @@ class LocalStack:
             "CCE_SERVICE_ID": proc.id,
             "CCE_LOG_JSON": "true",
             "PYTHONUNBUFFERED": "1",
-            **proc.service.env,
+            **resolve_env(proc.service.env, self.sim_url),
         }
+        if proc.service.name == SIM_SERVICE:
+            env.setdefault("CCE_SIM_STATE_FILE", str(self.state_dir / "vpc_sim.json"))
+            env["CCE_SIM_FABRIC_PREFIX"] = self.fabric_prefix
+        return env
+
+    @property
+    def fabric_prefix(self) -> str:
+        """Namespaces of the simulator's fabric are named `<prefix>-...`; one prefix per stack."""
+        return os.environ.get("CCE_SIM_FABRIC_PREFIX", "cce-sim")
 
     def _spawn(self, proc: Proc) -> None:
         proc.log.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +120,8 @@ class LocalStack:
             self._spawn(proc)
         self.write_state(ready=False)
         self._wait_healthy(timeout)
+        if self.sim_url:
+            ensure_sim_nodes(self.sim_url, self.nodes, self.mode)
         self.write_state(ready=True)
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -167,6 +183,8 @@ class LocalStack:
             "nats_pid": self.nats.pid if self.nats else None,
             "nodes": self.nodes,
             "mode": self.mode,
+            "sim_url": self.sim_url,
+            "fabric_prefix": self.fabric_prefix,
             "services": [
                 {"id": p.id, "service": p.service.name, "module": p.service.module,
                  "pid": p.popen.pid if p.popen else None, "http": f"http://127.0.0.1:{p.http_port}",
@@ -181,6 +199,25 @@ class LocalStack:
 
 class StackError(RuntimeError):
     pass
+
+
+# Simulated nodes: 8 CPUs / 32 GiB BCC instances (8 ENIs of 16 IPs); BBC for the primary-NIC mode.
+NODE_CPUS = 8
+NODE_MEMORY_MIB = 32768
+
+
+def ensure_sim_nodes(sim_url: str, nodes: int, mode: str) -> list[str]:
+    """Create the simulated instances `node-1` .. `node-N` that do not exist yet; returns their names."""
+    from services.vpc_sim.admin import SimAdminSync
+
+    admin = SimAdminSync(sim_url)
+    existing = {inst.get("name") for inst in admin.info().get("instances", [])}
+    kind = "BBC" if mode == "vpc-eni-primary" else "BCC"
+    names = [f"node-{i}" for i in range(1, nodes + 1)]
+    for name in names:
+        if name not in existing:
+            admin.create_instance(name=name, instance_type=kind, cpus=NODE_CPUS, memory_mib=NODE_MEMORY_MIB)
+    return names
 
 
 def _port_free(port: int) -> bool:
@@ -254,7 +291,23 @@ def down(state_dir: Path, grace: float = 20.0, say: Callable[[str], None] = prin
         say(f"pid {pid} ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
+    if state.get("fabric_prefix"):
+        _teardown_fabric(state["fabric_prefix"], say)
     return True
+
+
+def _teardown_fabric(prefix: str, say: Callable[[str], None]) -> None:
+    """The simulator removes its namespaces when it stops; this also covers a simulator that was killed."""
+    if os.geteuid() != 0:
+        return
+    import asyncio
+
+    from services.vpc_sim.fabric import Fabric
+
+    try:
+        asyncio.run(Fabric(prefix=prefix).teardown())
+    except Exception as err:
+        say(f"could not remove the simulator's namespaces: {err!r}")
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:

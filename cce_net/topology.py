@@ -29,14 +29,32 @@ class ServiceDef:
         return ["python", "-m", self.module]
 
 
-# Control-plane services: ipam scales out; the managers run a leader and a standby.
+# The simulated cloud's credentials (dev and test only; production passes real ones the same way).
+SIM_ACCESS_KEY = "cce-sim-ak"
+SIM_SECRET_KEY = "cce-sim-sk"
+# `{vpc_sim_url}` in an env value is the simulator's address: a local port for `up`, a service name in compose.
+CLOUD_ENV = {
+    "CCE_CLOUD_ENDPOINT": "{vpc_sim_url}",
+    "CCE_CLOUD_ACCESS_KEY": SIM_ACCESS_KEY,
+    "CCE_CLOUD_SECRET_KEY": SIM_SECRET_KEY,
+}
+
+# In start order. ipam scales out; the managers run a leader and a standby.
 SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("vpc_sim", "services.vpc_sim", "the simulated Baidu VPC (BCE OpenAPI subset)",
+               env={"CCE_SIM_ACCESS_KEY": SIM_ACCESS_KEY, "CCE_SIM_SECRET_KEY": SIM_SECRET_KEY}),
     ServiceDef("ipam", "services.ipam", "pod IP allocation from per-node pools", replicas=2),
     ServiceDef("eni_manager", "services.eni_manager", "ENI lifecycle in the cloud (leader + standby)",
-               replicas=2),
+               replicas=2, env=CLOUD_ENV),
     ServiceDef("route_manager", "services.route_manager", "node CIDRs and VPC routes (leader + standby)",
-               replicas=2),
+               replicas=2, env=CLOUD_ENV),
 )
+
+SIM_SERVICE = "vpc_sim"
+
+
+def resolve_env(env: dict[str, str], vpc_sim_url: str) -> dict[str, str]:
+    return {k: v.format(vpc_sim_url=vpc_sim_url) for k, v in env.items()}
 
 
 def compose_name(name: str) -> str:
@@ -66,7 +84,9 @@ def render_compose() -> dict[str, Any]:
                 "CCE_NATS_URL": "nats://nats:4222",
                 "CCE_HTTP_HOST": "0.0.0.0",
                 "CCE_HTTP_PORT": str(HTTP_PORT_IN_CONTAINER),
-                **svc.env,
+                **resolve_env(svc.env, f"http://{compose_name(SIM_SERVICE)}:{HTTP_PORT_IN_CONTAINER}"),
+                **({"CCE_SIM_FABRIC": "off", "CCE_SIM_STATE_FILE": "/data/vpc_sim.json"}
+                   if svc.name == SIM_SERVICE else {}),
             },
             "depends_on": {"nats": {"condition": "service_healthy"}},
             "deploy": {"replicas": svc.replicas},
@@ -79,7 +99,10 @@ def render_compose() -> dict[str, Any]:
             "restart": "unless-stopped",
             "stop_grace_period": "15s",
         }
-    return {"name": "cce-network", "services": services, "volumes": {"nats-data": {}}}
+        if svc.name == SIM_SERVICE:
+            services[compose_name(svc.name)]["volumes"] = ["sim-data:/data"]
+            services[compose_name(svc.name)]["ports"] = [f"8680:{HTTP_PORT_IN_CONTAINER}"]
+    return {"name": "cce-network", "services": services, "volumes": {"nats-data": {}, "sim-data": {}}}
 
 
 HEADER = "# Generated from cce_net/topology.py by `cce-net compose`; do not edit by hand.\n"

@@ -42,6 +42,7 @@ class ServiceProcess:
         self.id = settings.service_id or f"{name}-{socket.gethostname()}-{os.getpid()}"
         self.node = settings.node
         self.stopping = asyncio.Event()
+        self.ready = False  # set once the composition root has wired everything; /healthz is 503 before
         self.elector: LeaderElector | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: Bus | None = None
@@ -71,6 +72,7 @@ class ServiceProcess:
         self._rpc = RpcServer(self._bus, self.name, VERSION, self.description, metadata)
         await self._rpc.start()
         self.health.add_check("nats", lambda: (self.bus.connected, self.bus.nc.connected_url is not None))
+        self.health.add_check("ready", lambda: (self.ready, "serving" if self.ready else "starting"))
         log.info("service started", http_port=port, nats=self.settings.nats_url)
 
     async def store(self, bucket: Bucket, model: type[R] | None = None) -> Store[R]:
@@ -152,6 +154,7 @@ async def serve(
     await proc.start()
     try:
         await wire(proc)
+        proc.ready = True
         await proc.stopping.wait()
     finally:
         await proc.shutdown()

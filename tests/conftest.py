@@ -15,6 +15,7 @@ import pytest
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
 from chassis.embedded_nats import EmbeddedNats
+from tests.sim_fixtures import sim_admin, vpc_sim  # noqa: F401  (fixtures for every test module)
 
 
 def _testcontainers_nats() -> Iterator[str]:

@@ -51,6 +51,7 @@ async def test_services_reconnect_and_serve_after_nats_restarts(own_server: Embe
     proc = ServiceProcess("echo", settings)
     await proc.start()
     await proc.rpc.add(ECHO, echo)
+    proc.ready = True
     client = await Bus.connect(settings, name="client")
     store = Store(await client.bucket(LEASES), Lease, LEASES.name)
     cache = KvCache(store)

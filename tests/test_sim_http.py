@@ -33,8 +33,6 @@ from tests import sim_fixtures
 
 pytestmark = pytest.mark.integration
 
-vpc_sim = sim_fixtures.vpc_sim
-sim_admin = sim_fixtures.sim_admin
 
 
 class Cloud:
@@ -322,7 +320,7 @@ async def test_health_metrics_and_the_sync_admin(cloud: Cloud, vpc_sim: SimServe
             assert resp.status == 200 and (await resp.json())["fabric"]["enabled"] is False
         async with http.get(f"{vpc_sim.url}/metrics") as resp:
             text = await resp.text()
-    assert 'vpc_sim_calls_total{api="get_subnet",code="OK"} 1.0' in text
+    assert 'cce_sim_calls_total{api="get_subnet",code="OK"} 1.0' in text
     sync = SimAdminSync(vpc_sim.url)
     info = await asyncio.to_thread(sync.info)
     assert (info["vpcId"], info["accessKey"], info["endpoint"]) == (vpc_sim.vpc_id, "cce-sim-ak", vpc_sim.url)

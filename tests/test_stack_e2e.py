@@ -24,6 +24,8 @@ pytestmark = pytest.mark.e2e
 def cce_net(*args: str, state_dir: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     env["COLUMNS"] = "200"
+    # one fabric prefix per stack, so stacks of parallel tests never touch each other's namespaces
+    env["CCE_SIM_FABRIC_PREFIX"] = f"t{abs(hash(str(state_dir))) % 10**6}"
     return subprocess.run([sys.executable, "-m", "cce_net", *args, "--state-dir", str(state_dir)],
                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
@@ -37,12 +39,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cce_net("down", state_dir=state_dir)
 
 
+def _netns() -> list[str]:
+    run = Path("/run/netns")
+    return sorted(p.name for p in run.iterdir()) if run.exists() else []
+
+
 def _all_pids(state: dict[str, Any]) -> list[int]:
     return [state["supervisor_pid"], state["nats_pid"], *(s["pid"] for s in state["services"])]
 
 
 def test_svc_ls_lists_every_running_service(stack: Path) -> None:
-    result = cce_net("svc", "ls", "--json", state_dir=stack)
+    result = cce_net("svc", "ls", "--json", "--timeout", "2", state_dir=stack)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)
     assert Counter(s["name"] for s in services) == {"ipam": 2, "eni_manager": 2, "route_manager": 2}
@@ -71,17 +78,23 @@ def test_events_prints_what_the_services_published(stack: Path) -> None:
 def test_every_service_reports_health_and_metrics(stack: Path) -> None:
     state = read_state(stack)
     assert state is not None
-    roles = Counter()
+    roles: Counter[tuple[str, str]] = Counter()
     for svc in state["services"]:
         with urllib.request.urlopen(svc["http"] + "/healthz", timeout=2) as resp:
             body = json.loads(resp.read())
         assert body["status"] == "ok"
+        with urllib.request.urlopen(svc["http"] + "/metrics", timeout=2) as resp:
+            metrics = resp.read()
+        if svc["service"] == "vpc_sim":
+            assert b"cce_sim_" in metrics
+            continue
+        assert body["checks"]["ready"]["ok"]
+        assert b"cce_bus_requests_in_flight" in metrics
         if "leader" in body["checks"]:
             roles[(svc["service"], body["checks"]["leader"]["detail"])] += 1
-        with urllib.request.urlopen(svc["http"] + "/metrics", timeout=2) as resp:
-            assert b"cce_bus_requests_in_flight" in resp.read() or svc["service"]
-    assert roles[("eni_manager", "leader")] == 1
-    assert roles[("eni_manager", "standby")] == 1
+    for manager in ("eni_manager", "route_manager"):
+        assert roles[(manager, "leader")] == 1
+        assert roles[(manager, "standby")] == 1
 
 
 def test_a_crashed_service_is_restarted(stack: Path) -> None:
@@ -107,13 +120,59 @@ def test_up_refuses_a_second_stack_in_the_same_state_dir(stack: Path) -> None:
     assert "already running" in result.stderr
 
 
-def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
+def test_up_creates_the_simulated_nodes_and_sim_info_describes_the_cloud(stack: Path) -> None:
+    result = cce_net("sim", "info", "--json", state_dir=stack)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert {i["name"] for i in info["instances"]} == {"node-1", "node-2"}
+    assert info["endpoint"].startswith("http://127.0.0.1:")
+    assert info["accessKey"] and info["secretKey"] and info["vpcId"] and info["routeTableId"]
+    assert info["subnets"]
+
+
+def test_the_official_sdk_can_be_pointed_at_the_simulator_from_sim_info(stack: Path) -> None:
+    from baidubce.auth.bce_credentials import BceCredentials
+    from baidubce.bce_client_configuration import BceClientConfiguration
+    from baidubce.retry.retry_policy import NoRetryPolicy
+    from baidubce.services.subnet.subnet_client import SubnetClient
+
+    info = json.loads(cce_net("sim", "info", "--json", state_dir=stack).stdout)
+    client = SubnetClient(BceClientConfiguration(credentials=BceCredentials(info["accessKey"], info["secretKey"]),
+                                                 endpoint=info["endpoint"], retry_policy=NoRetryPolicy()))
+    subnets = client.list_subnets(vpc_id=info["vpcId"]).subnets
+    assert [s.subnet_id for s in subnets] == [s["subnetId"] for s in info["subnets"]]
+
+
+def test_sim_commands_add_nodes_and_subnets_and_inject_faults(stack: Path) -> None:
+    assert cce_net("sim", "add-subnet", "10.0.32.0/24", state_dir=stack).returncode == 0
+    added = cce_net("sim", "add-node", "node-7", "--type", "BBC", "--cpus", "16", state_dir=stack)
+    assert added.returncode == 0, added.stderr
+    info = json.loads(cce_net("sim", "info", "--json", state_dir=stack).stdout)
+    assert "10.0.32.0/24" in {s["cidr"] for s in info["subnets"]}
+    assert any(i["name"] == "node-7" and i["instanceType"] == "BBC" for i in info["instances"])
+    injected = cce_net("sim", "fault", "fail-next", "get_subnet", "--count", "1", "--code", "RateLimit",
+                       "--status", "429", state_dir=stack)
+    assert injected.returncode == 0, injected.stderr
+    faults = json.loads(cce_net("sim", "fault", "show", state_dir=stack).stdout)
+    assert faults["fail_next"] == [{"api": "get_subnet", "count": 1, "code": "RateLimit", "status": 429}]
+    assert cce_net("sim", "fault", "clear", state_dir=stack).returncode == 0
+    assert json.loads(cce_net("sim", "fault", "show", state_dir=stack).stdout)["fail_next"] == []
+    bad = cce_net("sim", "fault", "fail-next", "no_such_api", state_dir=stack)
+    assert bad.returncode == 2
+    assert "unknown api" in bad.stderr
+
+
+def test_down_leaves_no_process_or_namespace_behind(tmp_path: Path) -> None:
     assert cce_net("up", "--detach", "--nodes", "1", state_dir=tmp_path).returncode == 0
     state = read_state(tmp_path)
     assert state is not None
     pids = _all_pids(state)
     assert all(pid_alive(p) for p in pids)
+    prefix = state["fabric_prefix"]
+    if os.geteuid() == 0:
+        assert f"{prefix}-vpc" in _netns()
     result = cce_net("down", state_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [p for p in pids if pid_alive(p)] == []
     assert read_state(tmp_path) is None
+    assert [n for n in _netns() if n.startswith(prefix + "-")] == []

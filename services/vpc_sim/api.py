@@ -67,14 +67,14 @@ Op = Callable[[Call], Any]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.calls = Counter("vpc_sim_calls", "BCE API calls by api and reply code", ["api", "code"],
+        self.calls = Counter("cce_sim_calls", "BCE API calls by api and reply code", ["api", "code"],
                              registry=self.registry)
-        self.latency = Histogram("vpc_sim_call_seconds", "BCE API call latency", ["api"], registry=self.registry,
+        self.latency = Histogram("cce_sim_call_seconds", "BCE API call latency", ["api"], registry=self.registry,
                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-        self.fabric_failures = Counter("vpc_sim_fabric_apply_failures", "failed fabric applies",
+        self.fabric_failures = Counter("cce_sim_fabric_apply_failures", "failed fabric applies",
                                        registry=self.registry)
-        self.enis = Gauge("vpc_sim_enis", "ENIs by status", ["status"], registry=self.registry)
-        self.subnet_free = Gauge("vpc_sim_subnet_available_ips", "free addresses by subnet", ["subnet"],
+        self.enis = Gauge("cce_sim_enis", "ENIs by status", ["status"], registry=self.registry)
+        self.subnet_free = Gauge("cce_sim_subnet_available_ips", "free addresses by subnet", ["subnet"],
                                  registry=self.registry)
 
 
