@@ -21,6 +21,7 @@ import pytest
 
 from cloud.bce import BceSettings, BceVpcApi
 from cloud.port import MAX_IPS_PER_BATCH, CloudApi, CloudEni, VpcApi
+from schemas.base import InstanceType
 from schemas.errors import CceError, ErrorReason
 from schemas.records import EniState
 from services.vpc_sim.admin import SimAdmin
@@ -147,7 +148,8 @@ async def test_an_eni_is_created_attached_in_use_detached_and_deleted(api: VpcAp
         ("lifecycle", subnet.subnet_id, cloud_setup.vpc_id, subnet.zone, vm)
     assert MAC.match(eni.mac), eni.mac
     assert eni.primary_ip is not None and in_subnet([eni.primary_ip], subnet.cidr)
-    assert (eni.secondary_ips, eni.security_group_ids) == ([], tuple(SG))
+    assert (eni.secondary_ips, eni.security_group_ids, eni.description) == ([], tuple(SG), "contract test")
+    assert eni.created_at
     assert await api.list_enis(vpc_id=cloud_setup.vpc_id, instance_id=vm) == [eni]
     await fails(ErrorReason.CLOUD_INVALID_STATE, api.delete_eni(eni_id))
     await fails(ErrorReason.CLOUD_INVALID_STATE, api.attach_eni(eni_id, vm))
@@ -163,6 +165,35 @@ async def test_an_eni_is_created_attached_in_use_detached_and_deleted(api: VpcAp
     await api.delete_eni(eni_id)
     error = await fails(ErrorReason.CLOUD_NOT_FOUND, api.get_eni(eni_id))
     assert (error.details["api"], error.details["eni_id"], error.details["attempts"]) == ("get_eni", eni_id, 1)
+
+
+async def test_an_eni_gets_the_primary_ip_it_asks_for_unless_that_ip_is_taken(api: VpcApi,
+                                                                               cloud_setup: CloudSetup) -> None:
+    hosts = list(ipaddress.ip_network((await api.get_subnet(cloud_setup.subnet_id)).cidr).hosts())
+    wanted = str(hosts[-2])
+    eni_id = await api.create_eni(name="fixed", subnet_id=cloud_setup.subnet_id, security_group_ids=SG,
+                                  primary_ip=wanted)
+    assert (await api.get_eni(eni_id)).primary_ip == wanted
+    error = await fails(ErrorReason.IP_IN_USE, api.create_eni(name="again", subnet_id=cloud_setup.subnet_id,
+                                                              security_group_ids=SG, primary_ip=wanted))
+    assert (error.details["api"], error.details["attempts"]) == ("create_eni", 1)
+    assert [e.eni_id for e in await api.list_enis(vpc_id=cloud_setup.vpc_id, name="fixed")] == [eni_id]
+    assert await api.list_enis(vpc_id=cloud_setup.vpc_id, name="again") == []
+
+
+UNKNOWN: dict[str, Callable[[VpcApi], Awaitable[Any]]] = {
+    "get_eni": lambda api: api.get_eni("eni-unknown"),
+    "delete_eni": lambda api: api.delete_eni("eni-unknown"),
+    "get_instance": lambda api: api.get_instance("i-unknown"),
+    "get_subnet": lambda api: api.get_subnet("sbn-unknown"),
+    "list_route_rules": lambda api: api.list_route_rules("rt-unknown"),
+}
+
+
+@pytest.mark.parametrize("call", UNKNOWN)
+async def test_asking_about_an_unknown_id_is_cloud_not_found(api: VpcApi, call: str) -> None:
+    error = await fails(ErrorReason.CLOUD_NOT_FOUND, UNKNOWN[call](api))
+    assert (error.details["api"], error.details["status"], error.details["attempts"]) == (call, 404, 1)
 
 
 # ---- secondary IPs ---------------------------------------------------------------------------------------------
@@ -245,6 +276,17 @@ async def test_an_instance_with_two_cpus_takes_two_enis_and_refuses_a_third(api:
     error = await fails(ErrorReason.ENI_CAPACITY_EXCEED, api.attach_eni(enis[2], vm))
     assert (error.details["cloud_code"], error.details["attempts"]) == ("EniQuotaExceeded", 1)
     assert (await api.get_eni(enis[2])).status is EniState.AVAILABLE
+
+
+async def test_get_instance_describes_the_instance(api: VpcApi, cloud_setup: CloudSetup) -> None:
+    vm = await cloud_setup.instance(cpus=4, memory_mib=16384)
+    instance = await api.get_instance(vm)
+    subnet = await api.get_subnet(instance.subnet_id)
+    assert (instance.instance_id, instance.instance_type, instance.cpus, instance.memory_mib, instance.zone,
+            instance.vpc_id, instance.status, instance.secondary_ips) == \
+        (vm, InstanceType.BCC, 4, 16384, cloud_setup.zone, cloud_setup.vpc_id, "Running", ())
+    assert subnet.zone == cloud_setup.zone and in_subnet([instance.primary_ip], subnet.cidr)
+    assert MAC.match(instance.primary_mac), instance.primary_mac
 
 
 @pytest.mark.parametrize("cpus", [1, 4, 8, 16])
