@@ -18,6 +18,7 @@ from schemas.base import (
     NodeName,
     utcnow,
 )
+from schemas.errors import ErrorReason
 
 # ---------------------------------------------------------------------------------------------------------------
 # NetResourceSet: one per node, the node's IP resource pool.
@@ -290,3 +291,58 @@ class Lease(Contract):
     ttl_s: float = Field(gt=0)
     acquired_at: datetime = Field(default_factory=utcnow)
     renewed_at: datetime = Field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ENI-mode pools: what ipam has handed out (written by ipam replicas, compare-and-set) and what eni_manager has
+# learnt from the cloud about each node (written by eni_manager).
+
+
+class ReleaseState(StrEnum):
+    MARKED = "marked"  # chosen as excess; must stay unallocated for the release delay
+    CONFIRMED = "confirmed"  # ipam confirmed it is unused: eni_manager may delete it in the cloud
+
+
+class ReleaseMark(Contract):
+    eni_id: CloudId
+    state: ReleaseState = ReleaseState.MARKED
+    marked_at: datetime = Field(default_factory=utcnow)
+
+
+class PoolDemand(Contract):
+    """ipam's statement of what the node's pool should hold; eni_manager provisions toward `target_ips`."""
+
+    target_ips: int = Field(0, ge=0, description="pod IPs (ENI secondaries) the node should have in total")
+    used: int = Field(0, ge=0)
+    pending: int = Field(0, ge=0, description="allocations waiting for an IP right now")
+    free: int = Field(0, ge=0, description="usable now: not used, not cooling down, not being released")
+    cooling: int = Field(0, ge=0)
+    releasing: int = Field(0, ge=0)
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
+class NodePool(Contract):
+    """Key: the node. The claims on a node's IPs: an IP is handed out only by a compare-and-set on this record,
+    so no two ipam replicas can give one IP to two pods."""
+
+    node: NodeName
+    allocated: dict[str, str] = Field(default_factory=dict, description="IP -> endpoint key holding it")
+    cooldown: dict[str, datetime] = Field(default_factory=dict, description="IP -> not reusable before")
+    releasing: dict[str, ReleaseMark] = Field(default_factory=dict, description="IP -> release handshake")
+    waiting: dict[str, datetime] = Field(default_factory=dict, description="endpoint key -> waiting since")
+    demand: PoolDemand = Field(default_factory=PoolDemand)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class EniProvision(Contract):
+    """Key: the node. eni_manager's view of a node: its cloud quotas and how provisioning is going."""
+
+    node: NodeName
+    instance_id: CloudId
+    max_enis: int = Field(0, ge=0, description="ENIs besides the primary NIC (cloud quota or override)")
+    ips_per_eni: int = Field(0, ge=0, description="IPs per ENI, its primary included")
+    creating_eni: bool = Field(False, description="an ENI creation or attachment is in flight")
+    last_error: ErrorReason | None = Field(None, description="why the last provisioning attempt failed")
+    message: str = ""
+    error_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -31,9 +31,11 @@ from schemas.records import (
     ClusterCidrPool,
     Eni,
     EniOnNode,
+    EniProvision,
     Lease,
     NetResourceSet,
     NodeCidr,
+    NodePool,
     RouteRule,
     Subnet,
 )
@@ -150,8 +152,11 @@ CIDR_POOL = Bucket("cce_cidr_pool", ClusterCidrPool, ROUTE_MANAGER, "config")
 NODE_CIDRS = Bucket("cce_node_cidrs", NodeCidr, ROUTE_MANAGER, "<cidr with / as _>")
 ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as _>")
 LEASES = Bucket("cce_leases", Lease, "*", "<service>")
+POOLS = Bucket("cce_pools", NodePool, IPAM, "<node>")
+PROVISION = Bucket("cce_provision", EniProvision, ENI_MANAGER, "<node>")
 
-BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, ENIS, ENI_ON_NODE, SUBNETS, CIDR_POOL, NODE_CIDRS, ROUTES, LEASES)
+BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, POOLS, ENIS, ENI_ON_NODE, PROVISION, SUBNETS, CIDR_POOL, NODE_CIDRS,
+                               ROUTES, LEASES)
 
 
 def endpoint_key(node: str, container_id: str, ifname: str) -> str:
