@@ -52,6 +52,7 @@ test: setup lint typecheck
 
 bench: setup
 	$(PY) bench/bus.py
+	$(PY) bench/cloud.py
 
 clean:
 	rm -rf $(VENV) .cce-state .pytest_cache .mypy_cache .ruff_cache
