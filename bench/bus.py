@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
+from _table import Result, print_table  # bench/, first on sys.path when run as a script
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
@@ -65,20 +65,6 @@ RAW_SUBJECT = f"bench.raw.echo.{NODE}"
 BUCKETS = ("bench_chassis_update", "bench_chassis_mutate", "bench_raw_update", "bench_raw_getupdate")
 
 Op = Callable[[int], Awaitable[object]]
-
-
-class Result:
-    def __init__(self, op: str, variant: str, lat_ns: list[int], wall_ns: int) -> None:
-        self.op, self.variant, self.n = op, variant, len(lat_ns)
-        lat = sorted(lat_ns)
-        self.p50 = pct(lat, 0.50) / 1000
-        self.p99 = pct(lat, 0.99) / 1000
-        self.mean = sum(lat) / len(lat) / 1000
-        self.ops = len(lat) / (wall_ns / 1e9)
-
-
-def pct(sorted_ns: list[int], q: float) -> int:
-    return sorted_ns[max(0, min(len(sorted_ns) - 1, math.ceil(q * len(sorted_ns)) - 1))]
 
 
 async def measure(op: str, variant: str, fn: Op, n: int, warmup: int, concurrency: int = 1) -> Result:
@@ -197,26 +183,11 @@ async def bench_kv(bus: Bus, n: int, warmup: int) -> list[Result]:
 
 
 def report(results: list[Result]) -> None:
-    head = ("operation", "variant", "n", "p50 µs", "p99 µs", "mean µs", "ops/s")
-    rows = [(r.op, r.variant, str(r.n), f"{r.p50:.1f}", f"{r.p99:.1f}", f"{r.mean:.1f}", f"{r.ops:.0f}")
-            for r in results]
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = zip(row, widths, strict=True)
-        return " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells))
-
-    print(line(head))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
+    by_op = print_table(results)
     print()
-    by_op: dict[str, dict[str, Result]] = {}
-    for r in results:
-        by_op.setdefault(r.op, {})[r.variant] = r
     for op, v in by_op.items():
         c, raw = v["chassis"], v["raw"]
-        print(f"{op:<{widths[0]}}  chassis/raw  p50 x{c.p50 / raw.p50:.2f}  p99 x{c.p99 / raw.p99:.2f}"
+        print(f"{op:<18}  chassis/raw  p50 x{c.p50 / raw.p50:.2f}  p99 x{c.p99 / raw.p99:.2f}"
               f"  ops/s x{c.ops / raw.ops:.2f}")
 
 

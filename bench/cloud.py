@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _table import Result, print_table  # bench/ comes first on sys.path when run as a script...
 from baidubce import utils as bce_utils
 from baidubce.auth import bce_v1_signer
 from baidubce.auth.bce_credentials import BceCredentials
@@ -42,8 +43,9 @@ from baidubce.retry.retry_policy import NoRetryPolicy
 from baidubce.services.eni.eni_client import EniClient
 from baidubce.services.subnet.subnet_client import SubnetClient
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the `cloud` package.
+# ...where this file's name would shadow the `cloud` package: drop bench/ before importing it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 
 from chassis.logs import configure_logging  # noqa: E402
 from cloud.bce import BceSettings, BceVpcApi  # noqa: E402
@@ -57,20 +59,6 @@ ROUNDS = 5
 VARIANTS = ("raw http", "raw sdk", "adapter")
 
 Op = Callable[[int], Awaitable[object]]  # called with the worker's index
-
-
-class Result:
-    def __init__(self, op: str, variant: str, lat_ns: list[int], wall_ns: int) -> None:
-        self.op, self.variant, self.n = op, variant, len(lat_ns)
-        lat = sorted(lat_ns)
-        self.p50 = pct(lat, 0.50) / 1000
-        self.p99 = pct(lat, 0.99) / 1000
-        self.mean = sum(lat) / len(lat) / 1000
-        self.ops = len(lat) / (wall_ns / 1e9)
-
-
-def pct(sorted_ns: list[int], q: float) -> int:
-    return sorted_ns[max(0, min(len(sorted_ns) - 1, math.ceil(q * len(sorted_ns)) - 1))]
 
 
 async def measure(fn: Op, n: int, concurrency: int) -> tuple[list[int], int]:
@@ -196,27 +184,12 @@ async def bench(sim: SimServer, n: int, concurrency: int) -> tuple[list[Result],
 
 
 def report(results: list[Result], concurrency: int, paced_s: float) -> None:
-    head = ("operation", "variant", "n", "p50 µs", "p99 µs", "mean µs", "calls/s")
-    rows = [(r.op, r.variant, str(r.n), f"{r.p50:.1f}", f"{r.p99:.1f}", f"{r.mean:.1f}", f"{r.ops:.0f}")
-            for r in results]
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = zip(row, widths, strict=True)
-        return " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells))
-
-    print(line(head))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
+    by_op = print_table(results, rate="calls/s")
     print("(one add+del call = batchAdd + batchDel: 2 HTTP requests)")
     print()
-    by_op: dict[str, dict[str, Result]] = {}
-    for r in results:
-        by_op.setdefault(r.op, {})[r.variant] = r
     for op, v in by_op.items():
         http, sdk, adapter = (v[name] for name in VARIANTS)
-        print(f"{op:<{widths[0]}}  adapter overhead per call: {adapter.mean - sdk.mean:+.1f} µs vs raw sdk,"
+        print(f"{op:<18}  adapter overhead per call: {adapter.mean - sdk.mean:+.1f} µs vs raw sdk,"
               f" {adapter.mean - http.mean:+.1f} µs vs raw http  (sdk vs http {sdk.mean - http.mean:+.1f} µs)")
     get, pair = by_op[f"get_subnet x{concurrency}"]["raw http"], by_op[f"add+del 1 IP x{concurrency}"]["raw http"]
     print(f"simulator ceiling (raw http x{concurrency}): get_subnet {get.ops:.0f} calls/s,"
