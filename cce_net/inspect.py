@@ -33,6 +33,8 @@ from schemas.subjects import (
     LEASES,
     NODE_CIDRS,
     NODES,
+    POOLS,
+    PROVISION,
     ROUTES,
     SUBNETS,
     Bucket,
@@ -51,6 +53,8 @@ SECTIONS: dict[str, Bucket] = {
     "routes": ROUTES,
     "leaders": LEASES,
     "cidr_pool": CIDR_POOL,
+    "node_pools": POOLS,
+    "provision": PROVISION,
 }
 
 # ------------------------------------------------------------------------------------------------------------
@@ -67,30 +71,41 @@ async def _read_bucket(bus: Bus, bucket: Bucket) -> list[dict[str, Any]]:
     return [{"key": key, **item.value.model_dump(mode="json")} for key, item in sorted(items.items())]
 
 
-def _pools(nodes: list[dict[str, Any]], enis: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per node: its mode, its ENIs (by its status and by the ENI records) and its IP capacity."""
-    pools = []
-    for node in nodes:
-        eni_ids = set(node["status"]["enis"]) | {e["eni_id"] for e in enis if e["node"] == node["name"]}
-        capacity = node["status"]["capacity"]
-        pools.append({
-            "node": node["name"],
+def _pools(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per node: its mode, pool counts (from ipam's NodePool), quotas (from eni_manager) and ENIs with their IPs."""
+    pools = {p["node"]: p for p in data["node_pools"]}
+    provision = {p["node"]: p for p in data["provision"]}
+    out = []
+    for node in data["nodes"]:
+        name = node["name"]
+        demand = pools.get(name, {}).get("demand", {})
+        prov = provision.get(name, {})
+        enis = [{"eni_id": e["eni_id"], "state": e["state"], "subnet_id": e["subnet_id"],
+                 "ips": [p["ip"] for p in e["private_ips"] if not p["primary"]]}
+                for e in data["enis"] if e["node"] == name]
+        out.append({
+            "node": name,
             "mode": node["spec"]["mode"],
-            "enis": len(eni_ids),
-            "free_ips": capacity["free_ips"],
-            "used_ips": capacity["used_ips"],
-            "attachable_ips": capacity["attachable_ips"],
-            "max_enis": capacity["max_enis"],
-            "ips_per_eni": capacity["ips_per_eni"],
+            "used": demand.get("used", 0),
+            "free": demand.get("free", 0),
+            "pending": demand.get("pending", 0),
+            "cooling": demand.get("cooling", 0),
+            "releasing": demand.get("releasing", 0),
+            "target": demand.get("target_ips", 0),
+            "attachable_ips": node["status"]["capacity"]["attachable_ips"],
+            "max_enis": prov.get("max_enis", 0),
+            "ips_per_eni": prov.get("ips_per_eni", 0),
+            "provisioning": "creating ENI" if prov.get("creating_eni") else (prov.get("last_error") or "idle"),
+            "enis": enis,
         })
-    return pools
+    return out
 
 
 async def status_data(bus: Bus) -> dict[str, Any]:
     """A JSON-serialisable snapshot of every bucket, plus a `pools` section derived per node."""
     lists = await asyncio.gather(*(_read_bucket(bus, bucket) for bucket in SECTIONS.values()))
     data: dict[str, Any] = dict(zip(SECTIONS, lists, strict=True))
-    data["pools"] = _pools(data["nodes"], data["enis"])
+    data["pools"] = _pools(data)
     return data
 
 
@@ -106,7 +121,7 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) ->
 
 
 def _node_rows(data: dict[str, Any]) -> list[list[Any]]:
-    enis = {p["node"]: p["enis"] for p in data.get("pools", [])}
+    enis = {p["node"]: len(p["enis"]) for p in data.get("pools", [])}
     return [
         [n["name"], n["spec"]["mode"], n["spec"]["instance_id"], n["spec"]["zone"],
          "yes" if n["status"]["ready"] else "no", enis.get(n["name"], len(n["status"]["enis"])),
@@ -130,10 +145,10 @@ def _status_tables(data: dict[str, Any]) -> list[Table]:
     return [
         _table("Nodes", ["name", "mode", "instance", "zone", "ready", "ENIs", "free/used IPs"],
                _node_rows(data)),
-        _table("Pools", ["node", "mode", "ENIs", "free IPs", "used IPs", "attachable IPs", "max ENIs",
-                         "IPs/ENI"],
-               rows("pools", "node", "mode", "enis", "free_ips", "used_ips", "attachable_ips", "max_enis",
-                    "ips_per_eni")),
+        _table("Pools", ["node", "mode", "used", "free", "pending", "cooling", "releasing", "target",
+                         "attachable", "max ENIs", "IPs/ENI", "provisioning"],
+               rows("pools", "node", "mode", "used", "free", "pending", "cooling", "releasing", "target",
+                    "attachable_ips", "max_enis", "ips_per_eni", "provisioning")),
         _table("ENIs", ["id", "node", "state", "subnet", "mac", "IPs"],
                [[e["eni_id"], e["node"], e["state"], e["subnet_id"], e["mac"], len(e["private_ips"])]
                 for e in data.get("enis", [])]),

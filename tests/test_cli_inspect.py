@@ -22,11 +22,14 @@ from schemas.records import (
     CceEndpoint,
     EndpointAddress,
     Eni,
+    EniProvision,
     EniState,
     NetResourceSet,
     NodeCapacity,
+    NodePool,
     NodeSpec,
     NodeStatus,
+    PoolDemand,
     PrivateIp,
     RouteRule,
 )
@@ -35,6 +38,8 @@ from schemas.subjects import (
     ENIS,
     EVENTS_STREAM,
     NODES,
+    POOLS,
+    PROVISION,
     ROUTES,
     Bucket,
     RequestSubject,
@@ -101,6 +106,11 @@ async def _write_records(bus: Bus) -> None:
     endpoints = await _store(bus, ENDPOINTS)
     await endpoints.create(endpoint_key("node-1", endpoint.container_id, "eth0"), endpoint)
     await (await _store(bus, ROUTES)).create(cidr_key(route.destination), route)
+    pool = NodePool(node="node-1", allocated={"10.0.0.6": "node-1.c0ffee1234567890abcdef.eth0"},
+                    demand=PoolDemand(target_ips=12, used=1, pending=2, free=0))
+    await (await _store(bus, POOLS)).create("node-1", pool)
+    provision = EniProvision(node="node-1", instance_id="i-node1", max_enis=4, ips_per_eni=8, creating_eni=True)
+    await (await _store(bus, PROVISION)).create("node-1", provision)
 
 
 async def test_status_shows_the_records_written_to_the_buckets(bus: Bus) -> None:
@@ -114,8 +124,11 @@ async def test_status_shows_the_records_written_to_the_buckets(bus: Bus) -> None
     assert data["endpoints"][0]["pod"] == "web-0"
     assert data["endpoints"][0]["key"] == "node-1.c0ffee1234567890abcdef.eth0"
     assert data["routes"][0]["destination"] == "172.16.3.0/24"
-    assert data["pools"] == [{"node": "node-1", "mode": "vpc-eni", "enis": 1, "free_ips": 5, "used_ips": 2,
-                              "attachable_ips": 0, "max_enis": 0, "ips_per_eni": 0}]
+    assert data["pools"] == [{
+        "node": "node-1", "mode": "vpc-eni", "used": 1, "free": 0, "pending": 2, "cooling": 0, "releasing": 0,
+        "target": 12, "attachable_ips": 0, "max_enis": 4, "ips_per_eni": 8, "provisioning": "creating ENI",
+        "enis": [{"eni_id": "eni-abc", "state": "inuse", "subnet_id": "sbn-1", "ips": ["10.0.0.6"]}],
+    }]
     json.dumps(data)
 
 
