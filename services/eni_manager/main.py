@@ -1,21 +1,48 @@
 """Composition root of eni_manager (one leader, standbys wait on the lease).
 
-eni_manager owns the ENI records and the subnet mirror, and makes every ENI cloud call. Only the leader acts;
-its reconcile loops are wired here as they are built.
+eni_manager owns the ENI records, the provision records and the subnet mirror, and makes every ENI cloud call
+through `VpcApi`. It reads the nodes and pools ipam writes. Every replica keeps its caches warm; only the leader
+acts (see `reconciler.py`).
 """
 
 from __future__ import annotations
 
-from chassis.config import ChassisSettings
 from chassis.service import ServiceProcess, run
-from schemas.subjects import ENI_MANAGER, ENIS, SUBNETS
+from cloud.bce import BceSettings, BceVpcApi
+from cloud.port import VpcApi
+from schemas.subjects import ENI_MANAGER, ENIS, NODES, POOLS, PROVISION, SUBNETS
+from services.eni_manager.executor import Executor, Timing
+from services.eni_manager.ledger import Ledger, Owned
+from services.eni_manager.nodesync import NodeSync
+from services.eni_manager.reconciler import Reconciler, Views
+from services.eni_manager.settings import EniManagerSettings
+from services.eni_manager.subnets import SubnetMirror
+
+
+async def wire_manager(proc: ServiceProcess, settings: EniManagerSettings, api: VpcApi,
+                       vpc_id: str = "") -> Reconciler:
+    """Wire eni_manager into a started process with this cloud; `vpc_id` empty: learnt from the first node."""
+    ledger = Ledger(Owned(await proc.store(ENIS)), Owned(await proc.store(PROVISION)),
+                    Owned(await proc.store(SUBNETS)))
+    subnets = SubnetMirror(api, ledger.subnets)
+    executor = Executor(api, ledger, subnets, proc.events, Timing(settings.attach_poll_s, settings.attach_timeout_s))
+    nodesync = NodeSync(api, ledger, executor, proc.events, settings.cluster_id)
+    views = Views()
+    reconciler = Reconciler(settings, api, ledger, subnets, executor, nodesync, proc.events,
+                            lambda coro, name: proc.spawn(coro, name=name), views, vpc_id=vpc_id)
+    views.nodes = await proc.cache(NODES, reconciler.on_node_change)
+    views.pools = await proc.cache(POOLS, reconciler.on_pool_change)
+    await proc.cache(ENIS, reconciler.on_eni_change)
+    await proc.cache(PROVISION)
+    await proc.cache(SUBNETS)
+    await proc.campaign(reconciler.on_elected, reconciler.on_lost)
+    return reconciler
 
 
 async def wire(proc: ServiceProcess) -> None:
-    for bucket in (ENIS, SUBNETS):
-        await proc.store(bucket)
-    await proc.campaign()
+    cloud = BceSettings()
+    await wire_manager(proc, EniManagerSettings.of(proc.settings), BceVpcApi(cloud), vpc_id=cloud.vpc_id)
 
 
 def main() -> None:
-    run(ENI_MANAGER, ChassisSettings, wire, description="ENI lifecycle and secondary IPs in the cloud")
+    run(ENI_MANAGER, EniManagerSettings, wire, description="ENI lifecycle and secondary IPs in the cloud")

@@ -1,0 +1,358 @@
+"""eni_manager's decisions, as pure functions: quotas, names, subnet choice, node-local ENI indexes, stuck ENIs,
+adoption, and `plan_node` / `plan_removal`, which turn a node's records into a `NodePlan` of cloud actions.
+
+No asyncio, NATS, cloud calls or clock reads here: `now` is passed in, and plans are plain data that the
+executor carries out (and tests assert on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from schemas.errors import ErrorReason
+from schemas.records import Eni, EniState, EniUse, NetResourceSet, NodePool, NodeSpec, ReleaseState, Subnet
+
+BATCH = 10  # IPs per add/remove call (the cloud's limit)
+DEFAULT_MAX_ENIS = 8  # fallback ENI quota: min(cpus, 8)
+PENDING_STATES = (EniState.AVAILABLE, EniState.ATTACHING)
+COUNTED_STATES = (EniState.INUSE, EniState.ATTACHING)  # their secondaries count toward the node's current IPs
+MIN_FREE_FOR_NEW_ENI = 2  # a new ENI takes its primary IP and needs room for at least one pod IP
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quotas.
+
+
+@dataclass(frozen=True)
+class Quota:
+    max_enis: int  # ENIs besides the primary NIC
+    ips_per_eni: int  # IPs per ENI, its primary included
+
+    @property
+    def secondaries_per_eni(self) -> int:
+        return max(self.ips_per_eni - 1, 0)
+
+
+def ips_per_eni_by_memory(memory_mib: int) -> int:
+    """The reference system's IPs per ENI by instance memory (primary included)."""
+    gib = memory_mib / 1024
+    if gib < 2:
+        return 2
+    if gib <= 8:
+        return 8
+    if gib <= 32:
+        return 16
+    if gib <= 64:
+        return 30
+    return 40
+
+
+def node_quota(spec: NodeSpec, eni_quota: int | None) -> Quota:
+    """The node's overrides win; else the instance's ENI quota (when the cloud told us one); else min(cpus, 8)."""
+    if spec.max_enis is not None:
+        max_enis = spec.max_enis
+    elif eni_quota:
+        max_enis = eni_quota
+    else:
+        max_enis = min(spec.cpus, DEFAULT_MAX_ENIS)
+    ips = spec.ips_per_eni if spec.ips_per_eni is not None else ips_per_eni_by_memory(spec.memory_mib)
+    return Quota(max_enis, ips)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names: `cce-{cluster_id}-{node}-{index}` marks an ENI as ours and says for which node and slot.
+
+
+@dataclass(frozen=True)
+class EniName:
+    node: str
+    index: int
+
+
+def name_prefix(cluster_id: str) -> str:
+    return f"cce-{cluster_id}-"
+
+
+def eni_name(cluster_id: str, node: str, index: int) -> str:
+    return f"{name_prefix(cluster_id)}{node}-{index}"
+
+
+def eni_description(cluster_id: str, node: str) -> str:
+    return f"cce-network cluster={cluster_id} node={node}"
+
+
+def is_ours(cluster_id: str, name: str) -> bool:
+    return name.startswith(name_prefix(cluster_id))
+
+
+def parse_eni_name(cluster_id: str, name: str) -> EniName | None:
+    """The node and index an ENI name of ours carries; None for anything else."""
+    if not is_ours(cluster_id, name):
+        return None
+    node, sep, index = name[len(name_prefix(cluster_id)):].rpartition("-")
+    if not sep or not node or not index.isdigit() or int(index) < 1:
+        return None
+    return EniName(node, int(index))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Node-local indexes (cce-eni-N, route table 127+N).
+
+
+def lowest_free_index(used: Iterable[int]) -> int:
+    taken = set(used)
+    index = 1
+    while index in taken:
+        index += 1
+    return index
+
+
+def index_for_adopted(wanted: int | None, used: Iterable[int]) -> int:
+    """An adopted ENI keeps the index its name carries unless another ENI of the node holds it."""
+    taken = set(used)
+    if wanted is not None and wanted >= 1 and wanted not in taken:
+        return wanted
+    return lowest_free_index(taken)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subnets.
+
+
+@dataclass(frozen=True)
+class PlanError:
+    reason: ErrorReason
+    message: str
+
+
+def candidate_subnets(spec: NodeSpec, subnets: Mapping[str, Subnet]) -> list[Subnet]:
+    """The node's own subnet list if set, else every mirrored subnet of its zone; never an excluded one."""
+    named = [subnets[s] for s in spec.subnet_ids if s in subnets]
+    pool = named if spec.subnet_ids else list(subnets.values())
+    return [s for s in pool if s.zone == spec.zone and not s.excluded]
+
+
+def choose_subnet(spec: NodeSpec, subnets: Mapping[str, Subnet]) -> Subnet | PlanError:
+    """The candidate with the most free IPs (ties: lowest id), or why there is none."""
+    candidates = candidate_subnets(spec, subnets)
+    if not candidates:
+        where = f"subnets {', '.join(spec.subnet_ids)}" if spec.subnet_ids else f"zone {spec.zone}"
+        return PlanError(ErrorReason.NO_AVAILABLE_SUBNET, f"no usable subnet in {where}")
+    roomy = [s for s in candidates if s.available_ips >= MIN_FREE_FOR_NEW_ENI]
+    if not roomy:
+        names = ", ".join(f"{s.subnet_id} ({s.available_ips} free)" for s in candidates)
+        return PlanError(ErrorReason.SUBNET_NO_MORE_IP, f"no free IPs left in {names}")
+    return min(roomy, key=lambda s: (-s.available_ips, s.subnet_id))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stuck ENIs and adoption.
+
+
+def is_stuck(eni: Eni, now: datetime, stuck_after_s: float) -> bool:
+    """Available or attaching for longer than `stuck_after_s`: the creation or attachment never finished."""
+    return eni.state in PENDING_STATES and (now - eni.state_since).total_seconds() > stuck_after_s
+
+
+def adoption_owner(cluster_id: str, name: str, known: bool, nodes: Collection[str]) -> EniName | None:
+    """An ENI named ours that no record knows and whose node exists belongs to that node (by its name)."""
+    if known:
+        return None
+    parsed = parse_eni_name(cluster_id, name)
+    if parsed is None or parsed.node not in nodes:
+        return None
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plans.
+
+
+@dataclass(frozen=True)
+class AddIps:
+    eni_id: str
+    count: int
+
+
+@dataclass(frozen=True)
+class RemoveIps:
+    eni_id: str
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CreateEni:
+    subnet_id: str
+    index: int
+    name: str
+    description: str
+    security_group_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttachEni:
+    eni_id: str
+
+
+@dataclass(frozen=True)
+class AwaitAttach:
+    eni_id: str
+
+
+@dataclass(frozen=True)
+class DeleteEni:
+    """Detach first when attached, then delete, then drop the record."""
+
+    eni_id: str
+    why: str
+
+
+@dataclass(frozen=True)
+class DropProvision:
+    """Every ENI of a removed node is gone: its EniProvision record goes too."""
+
+
+Action = AddIps | RemoveIps | CreateEni | AttachEni | AwaitAttach | DeleteEni | DropProvision
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: str
+    actions: tuple[Action, ...] = ()
+    error: PlanError | None = None
+    waiting: str = ""  # why nothing more is planned now, if something is pending
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.actions
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    cluster_id: str = "cce-local"
+    stuck_after_s: float = 300.0
+    removal_grace_s: float = 5.0
+    pre_allocate_enis: int = 0
+
+
+@dataclass
+class _Growth:
+    """Bookkeeping while planning adds: what is still needed and what each subnet has left."""
+
+    needed: int
+    subnet_left: dict[str, int] = field(default_factory=dict)
+    blocked_by_subnet: bool = False
+
+
+def confirmed_releases(pool: NodePool | None) -> set[str]:
+    if pool is None:
+        return set()
+    return {ip for ip, mark in pool.releasing.items() if mark.state is ReleaseState.CONFIRMED}
+
+
+def current_ips(enis: Sequence[Eni], pool: NodePool | None) -> int:
+    """Secondaries on ENIs in use or being attached, minus those confirmed for release."""
+    gone = confirmed_releases(pool)
+    return sum(1 for e in enis if e.state in COUNTED_STATES for ip in e.secondary_ips if str(ip) not in gone)
+
+
+def release_actions(enis: Sequence[Eni], pool: NodePool | None) -> list[RemoveIps]:
+    """Confirmed releases on the ENI that holds them, in batches; never a primary, never an unconfirmed IP."""
+    gone = confirmed_releases(pool)
+    actions: list[RemoveIps] = []
+    for eni in sorted(enis, key=lambda e: e.eni_id):
+        ips = sorted((str(ip) for ip in eni.secondary_ips if str(ip) in gone), key=_ip_order)
+        actions += [RemoveIps(eni.eni_id, tuple(ips[i:i + BATCH])) for i in range(0, len(ips), BATCH)]
+    return actions
+
+
+def _ip_order(ip: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in ip.split("."))
+
+
+def _room(eni: Eni, quota: Quota, gone: set[str]) -> int:
+    held = sum(1 for p in eni.private_ips if p.primary or str(p.ip) not in gone)
+    return max((eni.ip_quota or quota.ips_per_eni) - held, 0)
+
+
+def _add_actions(enis: Sequence[Eni], quota: Quota, pool: NodePool | None, subnets: Mapping[str, Subnet],
+                 growth: _Growth, burstable: bool) -> list[AddIps]:
+    """Fill in-use ENIs with room, the fullest first (ties: lowest index), in batches of at most BATCH."""
+    gone = confirmed_releases(pool)
+    actions: list[AddIps] = []
+    inuse = [e for e in enis if e.state is EniState.INUSE]
+    for eni in sorted(inuse, key=lambda e: (-len(e.secondary_ips), e.index, e.eni_id)):
+        room = _room(eni, quota, gone)
+        if growth.needed <= 0 or room <= 0:
+            continue
+        left = growth.subnet_left.setdefault(eni.subnet_id, _subnet_free(subnets, eni.subnet_id))
+        count = min(room if burstable else min(room, growth.needed), left)
+        if count <= 0:
+            growth.blocked_by_subnet = True
+            continue
+        growth.subnet_left[eni.subnet_id] = left - count
+        growth.needed -= count
+        actions += [AddIps(eni.eni_id, min(BATCH, count - i)) for i in range(0, count, BATCH)]
+    return actions
+
+
+def _subnet_free(subnets: Mapping[str, Subnet], subnet_id: str) -> int:
+    subnet = subnets.get(subnet_id)
+    return subnet.available_ips if subnet is not None else 1 << 30  # unknown: let the cloud decide
+
+
+def _creation(nrs: NetResourceSet, enis: Sequence[Eni], quota: Quota, subnets: Mapping[str, Subnet],
+              settings: PlanSettings, other_enis: int) -> CreateEni | PlanError:
+    if len(enis) + other_enis >= quota.max_enis:
+        return PlanError(ErrorReason.ENI_CAPACITY_EXCEED,
+                         f"node {nrs.name} has {len(enis) + other_enis} of {quota.max_enis} ENIs and they are full")
+    subnet = choose_subnet(nrs.spec, subnets)
+    if isinstance(subnet, PlanError):
+        return subnet
+    index = lowest_free_index(e.index for e in enis)
+    return CreateEni(subnet.subnet_id, index, eni_name(settings.cluster_id, nrs.name, index),
+                     eni_description(settings.cluster_id, nrs.name), tuple(nrs.spec.security_group_ids))
+
+
+def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
+              subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, *,
+              other_enis: int = 0) -> NodePlan:
+    """What to do for a live node: releases, adds to ENIs with room, finishing or collecting pending ENIs, and at
+    most one new ENI. `enis` are the node's records; `other_enis` counts attached ENIs that are not ours."""
+    mine = [e for e in enis if e.use is EniUse.SECONDARY_IPS]
+    stuck = [e for e in mine if is_stuck(e, now, settings.stuck_after_s)]
+    stuck_ids = {e.eni_id for e in stuck}
+    live = [e for e in mine if e.eni_id not in stuck_ids]
+    pending = [e for e in live if e.state in PENDING_STATES]
+    target = pool.demand.target_ips if pool is not None else 0
+    growth = _Growth(needed=target - current_ips(live, pool))
+    actions: list[Action] = [*release_actions(mine, pool)]
+    actions += _add_actions(live, quota, pool, subnets, growth, nrs.spec.pool.burstable)
+    actions += [DeleteEni(e.eni_id, "stuck") for e in stuck]
+    actions += [AttachEni(e.eni_id) if e.state is EniState.AVAILABLE else AwaitAttach(e.eni_id) for e in pending]
+    wants_eni = growth.needed > 0 or len(live) < min(settings.pre_allocate_enis, quota.max_enis)
+    if not wants_eni:
+        return NodePlan(nrs.name, tuple(actions))
+    if pending:
+        return NodePlan(nrs.name, tuple(actions), waiting="an ENI is being attached")
+    left = {k: s.model_copy(update={"available_ips": max(growth.subnet_left[k], 0)}) if k in growth.subnet_left
+            else s for k, s in subnets.items()}  # what the adds planned above leave
+    created = _creation(nrs, live, quota, left, settings, other_enis)
+    if isinstance(created, CreateEni):
+        return NodePlan(nrs.name, (*actions, created))
+    if growth.blocked_by_subnet and created.reason is ErrorReason.ENI_CAPACITY_EXCEED:
+        created = PlanError(ErrorReason.SUBNET_NO_MORE_IP, f"the subnets of node {nrs.name}'s ENIs are full")
+    if growth.needed <= 0:  # only pre-allocation wanted it: not worth an error
+        return NodePlan(nrs.name, tuple(actions))
+    return NodePlan(nrs.name, tuple(actions), error=created)
+
+
+def plan_removal(node: str, enis: Sequence[Eni], marked_at: datetime, settings: PlanSettings, now: datetime, *,
+                 has_provision: bool = True) -> NodePlan:
+    """A removed node: after the grace period, delete every ENI (detaching first), then its provision record."""
+    if (now - marked_at).total_seconds() < settings.removal_grace_s:
+        return NodePlan(node, waiting="node removal grace period")
+    if not enis:
+        return NodePlan(node, (DropProvision(),) if has_provision else ())
+    return NodePlan(node, tuple(DeleteEni(e.eni_id, "node-removed") for e in sorted(enis, key=lambda e: e.index)))

@@ -1,0 +1,330 @@
+"""The leader's reconcile loop: per-node workers running plan -> execute -> record, a periodic resync from the
+cloud, the subnet mirror, and the GC of ENIs of ours nobody owns.
+
+Only the leader acts. When elected it reloads the records it owns; every node's first round then resyncs the node
+from the cloud (after one VPC-wide scan that finds ENIs of ours no record knows, such as one a dead predecessor
+created but never recorded) before planning anything, so a takeover never creates a second ENI for one need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from chassis.events import EventPublisher
+from chassis.kv import KvCache, Versioned
+from chassis.logs import get_logger
+from cloud.port import CloudEni, CloudInstance, VpcApi
+from schemas.base import NetworkMode, from_subject_token, subject_token, utcnow
+from schemas.errors import CceError, ErrorReason
+from schemas.events import EventKind
+from schemas.records import Eni, NetResourceSet, NodePool
+from services.eni_manager.domain import (
+    DeleteEni,
+    DropProvision,
+    NodePlan,
+    PlanError,
+    Quota,
+    node_quota,
+    plan_node,
+    plan_removal,
+)
+from services.eni_manager.executor import Executor, NodeContext
+from services.eni_manager.ledger import Ledger
+from services.eni_manager.mirror import differs, provision_record, with_error
+from services.eni_manager.nodesync import NodeSync
+from services.eni_manager.settings import EniManagerSettings
+from services.eni_manager.subnets import SubnetMirror
+from services.eni_manager.workers import NodeWorker
+
+log = get_logger("eni_manager.reconciler")
+
+MAX_STEPS = 32  # plans one round may carry out before it yields (a guard against a plan that never settles)
+Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
+
+
+@dataclass
+class Views:
+    """What ipam writes and eni_manager reads, kept by watches (the standby's caches stay warm too)."""
+
+    nodes: KvCache[NetResourceSet] | None = None
+    pools: KvCache[NodePool] | None = None
+
+    def nrs(self, node: str) -> NetResourceSet | None:
+        return self.nodes.get(subject_token(node)) if self.nodes else None
+
+    def pool(self, node: str) -> NodePool | None:
+        return self.pools.get(subject_token(node)) if self.pools else None
+
+    def eni_nodes(self) -> list[NetResourceSet]:
+        return [n for n in (self.nodes.values() if self.nodes else []) if n.spec.mode is NetworkMode.VPC_ENI]
+
+
+class Reconciler:
+    def __init__(self, settings: EniManagerSettings, api: VpcApi, ledger: Ledger, subnets: SubnetMirror,
+                 executor: Executor, nodesync: NodeSync, events: EventPublisher, spawn: Spawn,
+                 views: Views, vpc_id: str = "") -> None:
+        self.settings = settings
+        self.api = api
+        self.ledger = ledger
+        self.subnets = subnets
+        self.executor = executor
+        self.nodesync = nodesync
+        self.events = events
+        self.views = views
+        self.vpc_id = vpc_id
+        self.leading = False
+        self._spawn = spawn
+        self._lead_task: asyncio.Task[Any] | None = None
+        self._workers: dict[str, NodeWorker] = {}
+        self._scan_lock = asyncio.Lock()
+        self._scanned_at: float | None = None  # loop time the last VPC scan started, None: not this term
+        self._node_seen_at: dict[str, float] = {}
+        self._hints: dict[str, list[CloudEni]] = {}
+        self._instances: dict[str, CloudInstance] = {}
+        self._other_enis: dict[str, int] = {}
+        self._removal_marks: dict[str, datetime] = {}
+        self._orphans_seen: dict[str, datetime] = {}
+
+    # --- leadership -------------------------------------------------------------------------------------------
+
+    async def on_elected(self) -> None:
+        self._lead_task = self._spawn(self._lead(), "eni-manager-lead")
+
+    async def on_lost(self) -> None:
+        task, self._lead_task = self._lead_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _lead(self) -> None:
+        try:
+            await self.ledger.load()
+            self._scanned_at, self._hints, self._removal_marks = None, {}, {}
+            self.leading = True
+            log.info("leading: resyncing every node before acting", nodes=len(self.known_nodes()))
+            for node in self.known_nodes():
+                self.kick(node, resync=True)
+            await asyncio.gather(self._every(self.settings.subnet_sync_period_s, self._sync_subnets),
+                                 self._every(self.settings.resync_period_s, self._resync_all))
+        finally:
+            self.leading = False
+            workers, self._workers = self._workers, {}
+            for worker in workers.values():
+                await worker.stop()
+
+    async def _every(self, period_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await job()
+            except Exception as err:  # a periodic job failing must not stop the leader
+                log.warning("periodic job failed", job=job.__name__, error=repr(err))
+
+    # --- kicks ------------------------------------------------------------------------------------------------
+
+    def kick(self, node: str, resync: bool = False) -> None:
+        if not self.leading:
+            return
+        worker = self._workers.get(node)
+        if worker is None:
+            worker = NodeWorker(node, self._round, self.settings.retry_backoff_s, self.settings.resync_period_s)
+            self._workers[node] = worker
+            self._node_seen_at[node] = asyncio.get_running_loop().time()
+            worker.start()
+            resync = True  # a node's first round always reads it from the cloud
+        worker.kick(resync)
+
+    def on_node_change(self, key: str, item: Versioned[NetResourceSet] | None) -> None:
+        self.kick(item.value.name if item else from_subject_token(key))
+
+    def on_pool_change(self, key: str, item: Versioned[NodePool] | None) -> None:
+        self.kick(item.value.node if item else from_subject_token(key))
+
+    def on_eni_change(self, key: str, item: Versioned[Eni] | None) -> None:
+        if item is not None:
+            self.kick(item.value.node)
+
+    def known_nodes(self) -> set[str]:
+        return {n.name for n in self.views.eni_nodes()} | self.ledger.nodes()
+
+    def live_nodes(self) -> set[str]:
+        return {n.name for n in self.views.eni_nodes() if not n.status.removing}
+
+    # --- periodic jobs ----------------------------------------------------------------------------------------
+
+    async def _sync_subnets(self) -> None:
+        if self.vpc_id:
+            await self.subnets.sync(self.vpc_id)
+
+    async def _resync_all(self) -> None:
+        if self.vpc_id and self._scanned_at is not None:
+            async with self._scan_lock:
+                orphans = await self._scan()
+            await self._collect_orphans(orphans)
+        for node in self.known_nodes():
+            self.kick(node, resync=True)
+
+    async def _scan(self) -> list[CloudEni]:
+        """List the VPC for ENIs of ours no record knows: hints for live nodes; returns the orphans."""
+        started = asyncio.get_running_loop().time()
+        scan = await self.nodesync.scan(self.vpc_id, self.live_nodes())
+        self._hints = scan.hints
+        self._scanned_at = started
+        return scan.orphans
+
+    def _scanned_for(self, node: str) -> bool:
+        seen = self._node_seen_at.get(node, 0.0)
+        return self._scanned_at is not None and self._scanned_at >= seen
+
+    async def _ensure_scanned(self, node: str, instance_id: str) -> None:
+        """Before a node first acts in a term: the VPC is known, its subnets mirrored, and it was scanned for
+        ENIs of ours after the node was first seen (so one its predecessor created unrecorded is adopted)."""
+        if self._scanned_for(node):
+            return
+        async with self._scan_lock:
+            if self._scanned_for(node):
+                return
+            if not self.vpc_id:
+                self.vpc_id = (await self._instance(instance_id)).vpc_id
+                log.info("VPC learnt from an instance", vpc_id=self.vpc_id, instance_id=instance_id)
+            if self._scanned_at is None:
+                await self.subnets.sync(self.vpc_id)
+            await self._scan()
+
+    async def _collect_orphans(self, orphans: list[CloudEni]) -> None:
+        """Unattached ENIs of ours with no record and no live node: deleted once seen for `stuck_after_s`."""
+        now = utcnow()
+        seen: dict[str, datetime] = {}
+        ctx = NodeContext("-", "", self.vpc_id, Quota(0, 0))
+        for cloud in orphans:
+            first = self._orphans_seen.get(cloud.eni_id, now)
+            seen[cloud.eni_id] = first
+            if (now - first).total_seconds() <= self.settings.stuck_after_s:
+                continue
+            try:
+                await self.executor.delete(ctx, DeleteEni(cloud.eni_id, "orphan"))
+                seen.pop(cloud.eni_id)
+            except CceError as err:
+                log.warning("orphan ENI not deleted", eni_id=cloud.eni_id, error=str(err))
+        self._orphans_seen = seen
+
+    # --- one round for one node -------------------------------------------------------------------------------
+
+    async def _round(self, node: str, resync: bool) -> bool:
+        nrs = self.views.nrs(node)
+        if nrs is not None and nrs.spec.mode is not NetworkMode.VPC_ENI:
+            return True
+        instance_id = self._instance_id(node, nrs)
+        if not instance_id:
+            return True
+        try:
+            await self._ensure_scanned(node, instance_id)
+            ctx = await self._context(node, nrs, instance_id)
+            if nrs is not None and not nrs.status.removing:
+                await self._put_provision(ctx)
+            if resync:
+                self._other_enis[node] = await self.nodesync.resync(ctx, self._hints.pop(node, []))
+            await self._converge(ctx)
+        except CceError as err:
+            await self._failed(node, err.reason, err.message)
+            return False
+        return True
+
+    async def _converge(self, ctx: NodeContext) -> None:
+        for _ in range(MAX_STEPS):
+            plan = self._plan(ctx, self.views.nrs(ctx.node))  # read afresh: the node may be leaving meanwhile
+            await self._outcome(ctx.node, plan)
+            if plan.is_idle:
+                return
+            log.info("executing plan", node=ctx.node, actions=[repr(a) for a in plan.actions],
+                     error=plan.error.reason.value if plan.error else None)
+            for action in plan.actions:
+                await self.executor.run(ctx, action)
+            if any(isinstance(a, DropProvision) for a in plan.actions):
+                return
+        log.warning("node did not settle within a round", node=ctx.node, steps=MAX_STEPS)
+
+    def _plan(self, ctx: NodeContext, nrs: NetResourceSet | None) -> NodePlan:
+        now = utcnow()
+        enis = self.ledger.enis_of(ctx.node)
+        if nrs is None or nrs.status.removing:
+            marked = self._removal_marks.setdefault(ctx.node, now)
+            plan = plan_removal(ctx.node, enis, marked, self.settings.plan, now,
+                                has_provision=self.ledger.provision_of(ctx.node) is not None)
+            if plan.is_idle and plan.waiting:  # come back when the grace period is over
+                grace_left = self.settings.removal_grace_s - (now - marked).total_seconds()
+                self._workers[ctx.node].kick_later(max(grace_left, 0.0))
+            return plan
+        self._removal_marks.pop(ctx.node, None)
+        return plan_node(nrs, enis, self.views.pool(ctx.node), ctx.quota, self.ledger.subnets.items,
+                         self.settings.plan, now, other_enis=self._other_enis.get(ctx.node, 0))
+
+    # --- node facts -------------------------------------------------------------------------------------------
+
+    def _instance_id(self, node: str, nrs: NetResourceSet | None) -> str:
+        if nrs is not None:
+            return nrs.spec.instance_id
+        provision = self.ledger.provision_of(node)
+        if provision is not None:
+            return provision.instance_id
+        return next((e.instance_id for e in self.ledger.enis_of(node)), "")
+
+    async def _instance(self, instance_id: str) -> CloudInstance:
+        cached = self._instances.get(instance_id)
+        if cached is None:
+            cached = self._instances[instance_id] = await self.api.get_instance(instance_id)
+        return cached
+
+    async def _context(self, node: str, nrs: NetResourceSet | None, instance_id: str) -> NodeContext:
+        if nrs is not None:
+            quota = node_quota(nrs.spec, await self._eni_quota(instance_id))
+        else:
+            provision = self.ledger.provision_of(node)
+            quota = Quota(provision.max_enis, provision.ips_per_eni) if provision else Quota(0, 0)
+        return NodeContext(node, instance_id, self.vpc_id, quota)
+
+    async def _eni_quota(self, instance_id: str) -> int | None:
+        try:
+            return (await self._instance(instance_id)).eni_quota
+        except CceError as err:  # fall back to min(cpus, 8) this time; asked again next round
+            log.warning("instance quota unknown", instance_id=instance_id, error=str(err))
+            return None
+
+    # --- provision records ------------------------------------------------------------------------------------
+
+    async def _put_provision(self, ctx: NodeContext) -> None:
+        previous = self.ledger.provision_of(ctx.node)
+        record = provision_record(ctx.node, ctx.instance_id, ctx.quota, previous, utcnow())
+        if differs(previous, record):
+            await self.ledger.put_provision(record)
+
+    async def _outcome(self, node: str, plan: NodePlan) -> None:
+        """A plan's error is recorded (once per change); a settled plan without one clears the last error."""
+        previous = self.ledger.provision_of(node)
+        if previous is None:
+            return
+        if plan.error is not None:
+            await self._record_error(node, plan.error)
+        elif plan.is_idle and previous.last_error is not None:
+            await self.ledger.put_provision(with_error(previous, None, "", utcnow()))
+
+    async def _record_error(self, node: str, error: PlanError) -> None:
+        previous = self.ledger.provision_of(node)
+        if previous is None or (previous.last_error, previous.message) == (error.reason, error.message):
+            return
+        log.warning("provisioning failed", node=node, reason=error.reason.value, message=error.message)
+        await self.ledger.put_provision(with_error(previous, error.reason, error.message, utcnow()))
+        await self.events.publish(EventKind.ENI, "provision-failed", node=node, reason=error.reason,
+                                  message=error.message)
+
+    async def _failed(self, node: str, reason: ErrorReason, message: str) -> None:
+        """A cloud step failed: always a warning event; the provision record says why until a later success."""
+        log.warning("provisioning step failed", node=node, reason=reason.value, message=message)
+        await self.events.publish(EventKind.ENI, "step-failed", node=node, reason=reason, message=message)
+        previous = self.ledger.provision_of(node)
+        if previous is not None and (previous.last_error, previous.message) != (reason, message):
+            await self.ledger.put_provision(with_error(previous, reason, message, utcnow()))

@@ -1,0 +1,447 @@
+"""Integration tier: eni_manager in-process on a real nats-server, driving the simulated VPC over HTTP through the
+production adapter (`BceVpcApi`). The test plays ipam: it writes NetResourceSet and NodePool records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from chassis.bus import Bus
+from chassis.config import ChassisSettings
+from chassis.kv import KvCache, Store, Versioned
+from chassis.service import ServiceProcess
+from cloud.bce import BceSettings, BceVpcApi
+from cloud.port import CloudApi, CloudEni, VpcApi
+from schemas.base import InstanceType, NetworkMode, subject_token, utcnow
+from schemas.errors import ErrorReason
+from schemas.events import Event
+from schemas.records import (
+    Eni,
+    EniProvision,
+    EniState,
+    NetResourceSet,
+    NodePool,
+    NodeSpec,
+    NodeStatus,
+    PoolDemand,
+    ReleaseMark,
+    ReleaseState,
+)
+from schemas.subjects import ENI_MANAGER, ENIS, EVENTS_WILDCARD, NODES, POOLS, PROVISION
+from services.eni_manager.main import wire_manager
+from services.eni_manager.settings import EniManagerSettings
+from services.vpc_sim.admin import SimAdmin
+from services.vpc_sim.server import SimServer
+
+pytestmark = pytest.mark.integration
+
+WIDE_OPEN = {api: (1000.0, 1000) for api in CloudApi}
+PREFIX = "cce-cce-local-"
+TIMEOUT = 20.0
+
+
+# ---- the world -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    bus: Bus
+    settings: ChassisSettings
+    sim: SimServer
+    admin: SimAdmin
+    api: BceVpcApi
+    vpc_id: str
+    nodes: Store[NetResourceSet]
+    pools: Store[NodePool]
+    enis: Store[Eni]
+    provision: Store[EniProvision]
+    events: list[Event] = field(default_factory=list)
+
+    def manager_settings(self, service_id: str, **overrides: Any) -> EniManagerSettings:
+        return EniManagerSettings(**{**self.settings.model_dump(), "service_id": service_id,
+                                     "resync_period_s": 1.0, "subnet_sync_period_s": 1.0, "removal_grace_s": 0.0,
+                                     "attach_poll_s": 0.02, "attach_timeout_s": 10.0, "retry_backoff_s": 0.1,
+                                     **overrides})
+
+    async def add_node(self, name: str = "node-1", *, target: int = 10, cpus: int = 8, memory_mib: int = 32768,
+                       **spec: Any) -> str:
+        created = await self.admin.create_instance(name=name, cpus=cpus, memory_mib=memory_mib)
+        instance_id = str(created["id"])
+        node_spec = NodeSpec(instance_id=instance_id, instance_type=InstanceType.BCC, zone="zoneA", cpus=cpus,
+                             memory_mib=memory_mib, mode=NetworkMode.VPC_ENI, **spec)
+        await self.nodes.create(subject_token(name), NetResourceSet(name=name, spec=node_spec))
+        await self.set_target(name, target)
+        return instance_id
+
+    async def set_target(self, node: str, target: int, releasing: dict[str, ReleaseMark] | None = None) -> None:
+        def change(pool: NodePool | None) -> NodePool:
+            pool = pool or NodePool(node=node)
+            return pool.model_copy(update={"demand": PoolDemand(target_ips=target),
+                                           "releasing": releasing if releasing is not None else pool.releasing})
+
+        await self.pools.mutate(subject_token(node), change)
+
+    async def cloud_enis(self, instance_id: str | None = None) -> list[CloudEni]:
+        enis = await self.api.list_enis(vpc_id=self.vpc_id, instance_id=instance_id)
+        return [e for e in enis if e.name.startswith(PREFIX)]
+
+    async def records(self, node: str = "node-1") -> list[Eni]:
+        return sorted((v.value for v in (await self.enis.list()).values() if v.value.node == node),
+                      key=lambda e: e.index)
+
+    async def provision_of(self, node: str = "node-1") -> EniProvision | None:
+        item = await self.provision.get(subject_token(node))
+        return item.value if item else None
+
+    def seen(self, kind: str, what: str) -> list[Event]:
+        return [e for e in self.events if e.kind.value == kind and e.what == what]
+
+
+def make_api(sim: SimServer) -> BceVpcApi:
+    return BceVpcApi(BceSettings(endpoint=sim.url, access_key=sim.access_key, secret_key=sim.secret_key,
+                                 rate_limits=WIDE_OPEN, backoff_base_s=0.01, backoff_max_s=0.05))
+
+
+@pytest.fixture
+async def world(bus: Bus, settings: ChassisSettings, vpc_sim: SimServer,
+                sim_admin: SimAdmin) -> AsyncIterator[World]:
+    async def store(bucket: Any) -> Store[Any]:
+        return Store(await bus.bucket(bucket), bucket.record, bucket.name)
+
+    info = await sim_admin.info()
+    w = World(bus, settings, vpc_sim, sim_admin, make_api(vpc_sim), str(info["vpcId"]), await store(NODES),
+              await store(POOLS), await store(ENIS), await store(PROVISION))
+
+    async def on_event(msg: Any) -> None:
+        w.events.append(Event.model_validate_json(msg.data))
+
+    sub = await bus.nc.subscribe(EVENTS_WILDCARD, cb=on_event)
+    yield w
+    await sub.unsubscribe()
+
+
+class Manager:
+    """One eni_manager replica as the composition root wires it, on this world's bus and cloud (the VPC is
+    learnt from a node's instance)."""
+
+    def __init__(self, w: World, api: VpcApi | None, service_id: str, **overrides: Any) -> None:
+        self.settings = w.manager_settings(service_id, **overrides)
+        self.proc = ServiceProcess(ENI_MANAGER, self.settings)
+        self.api = api or w.api
+        self.stopped = False
+
+    async def start(self) -> None:
+        await self.proc.start()
+        await wire_manager(self.proc, self.settings, self.api)
+        self.proc.ready = True
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            await self.proc.shutdown()
+
+    async def leading(self) -> bool:
+        return self.proc.elector is not None and self.proc.elector.is_leader
+
+
+@asynccontextmanager
+async def running(w: World, api: VpcApi | None = None, service_id: str = "em-a",
+                  **overrides: Any) -> AsyncIterator[Manager]:
+    manager = Manager(w, api, service_id, **overrides)
+    try:
+        await manager.start()
+        yield manager
+    finally:
+        await manager.stop()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = TIMEOUT) -> None:
+    """Wait for a condition with a deadline (polling the cloud and the buckets)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def secondaries(enis: Sequence[CloudEni]) -> int:
+    return sum(len(e.secondary_ips) for e in enis)
+
+
+async def settled(w: World, instance_id: str, ips: int, enis: int | None = None) -> bool:
+    """The cloud holds `ips` secondaries on in-use ENIs of ours (and `enis` of them), and the records agree."""
+    cloud = await w.cloud_enis()
+    records = await w.records()
+    if enis is not None and len(cloud) != enis:
+        return False
+    if any(e.status is not EniState.INUSE or e.instance_id != instance_id for e in cloud):
+        return False
+    mirrored = {r.eni_id: sorted(str(ip) for ip in r.secondary_ips) for r in records if r.state is EniState.INUSE}
+    return secondaries(cloud) == ips and mirrored == {e.eni_id: sorted(e.secondary_ips) for e in cloud}
+
+
+class ProbeApi:
+    """The real adapter, probed: tracks ENI creations in flight (created, not yet seen in use) and can hang
+    forever right after one method's real call, as a leader killed at that point would."""
+
+    def __init__(self, inner: BceVpcApi, hang_after: str | None = None) -> None:
+        self.inner = inner
+        self.hang_after = hang_after
+        self.hung = asyncio.Event()
+        self.in_flight: set[str] = set()
+        self.max_in_flight = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def create_eni(self, **kwargs: Any) -> str:
+        eni_id = await self.inner.create_eni(**kwargs)
+        self.in_flight.add(eni_id)
+        self.max_in_flight = max(self.max_in_flight, len(self.in_flight))
+        await self._maybe_hang("create_eni")
+        return eni_id
+
+    async def attach_eni(self, eni_id: str, instance_id: str) -> None:
+        await self.inner.attach_eni(eni_id, instance_id)
+        await self._maybe_hang("attach_eni")
+
+    async def get_eni(self, eni_id: str) -> CloudEni:
+        eni = await self.inner.get_eni(eni_id)
+        if eni.status is EniState.INUSE:
+            self.in_flight.discard(eni_id)
+        return eni
+
+    async def _maybe_hang(self, method: str) -> None:
+        if self.hang_after == method:
+            self.hung.set()
+            await asyncio.Event().wait()
+
+
+# ---- provisioning ----------------------------------------------------------------------------------------------
+
+
+async def test_a_node_gets_an_inuse_eni_with_its_target_ips_in_the_cloud_and_in_the_records(world: World) -> None:
+    async with running(world):
+        instance_id = await world.add_node(target=10)
+        await until(lambda: settled(world, instance_id, 10, enis=1), "one in-use ENI with 10 secondaries")
+
+        [cloud] = await world.cloud_enis(instance_id)
+        [record] = await world.records()
+        assert (record.eni_id, record.mac, record.subnet_id, record.zone, record.vpc_id, record.instance_id) == \
+            (cloud.eni_id, cloud.mac, cloud.subnet_id, cloud.zone, cloud.vpc_id, instance_id)
+        assert record.primary_ip is not None and str(record.primary_ip) == cloud.primary_ip
+        assert record.private_ips[0].primary
+        assert (record.index, record.ip_quota) == (1, 16)
+        assert record.name == cloud.name == "cce-cce-local-node-1-1"
+        assert record.description == "cce-network cluster=cce-local node=node-1"
+        assert record.subnet_cidr.network_address.is_private
+
+        provision = await world.provision_of()
+        assert provision is not None
+        assert (provision.instance_id, provision.max_enis, provision.ips_per_eni) == (instance_id, 8, 16)
+        assert not provision.creating_eni
+        assert provision.last_error is None
+        await until(lambda: _true(world.seen("eni", "attached") and world.seen("ip", "added")), "events")
+        assert [e.object for e in world.seen("eni", "created")] == [cloud.eni_id]
+        assert sum(e.data["count"] for e in world.seen("ip", "added")) == 10
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
+async def test_a_higher_target_brings_more_enis_one_creation_at_a_time(world: World) -> None:
+    probe = ProbeApi(world.api)
+    async with running(world, probe):
+        instance_id = await world.add_node(target=10)
+        await until(lambda: settled(world, instance_id, 10, enis=1), "the first ENI")
+        await world.set_target("node-1", 40)
+        await until(lambda: settled(world, instance_id, 40, enis=3), "three ENIs holding 40 secondaries")
+
+    cloud = await world.cloud_enis(instance_id)
+    assert sorted(len(e.secondary_ips) for e in cloud) == [10, 15, 15]
+    assert [r.index for r in await world.records()] == [1, 2, 3]
+    assert probe.max_in_flight == 1
+
+
+async def test_confirmed_releases_are_deleted_in_the_cloud_and_the_record_but_marked_ones_stay(
+        world: World) -> None:
+    async with running(world):
+        instance_id = await world.add_node(target=10)
+        await until(lambda: settled(world, instance_id, 10, enis=1), "10 secondaries")
+        [cloud] = await world.cloud_enis(instance_id)
+        confirmed, marked = cloud.secondary_ips[:2], cloud.secondary_ips[2]
+        releasing = {ip: ReleaseMark(eni_id=cloud.eni_id, state=ReleaseState.CONFIRMED) for ip in confirmed}
+        releasing[marked] = ReleaseMark(eni_id=cloud.eni_id, state=ReleaseState.MARKED)
+        await world.set_target("node-1", 8, releasing)
+        await until(lambda: settled(world, instance_id, 8, enis=1), "the confirmed IPs gone")
+
+        [cloud] = await world.cloud_enis(instance_id)
+        assert not set(confirmed) & set(cloud.secondary_ips)
+        assert marked in cloud.secondary_ips
+        assert cloud.primary_ip is not None
+        assert sum(e.data["count"] for e in world.seen("ip", "removed")) == 2
+
+
+# ---- coded failures --------------------------------------------------------------------------------------------
+
+
+async def test_a_target_beyond_the_eni_quota_records_eni_capacity_exceed(world: World) -> None:
+    async with running(world):
+        instance_id = await world.add_node(target=40, max_enis=2)
+
+        async def capacity_error() -> bool:
+            provision = await world.provision_of()
+            return provision is not None and provision.last_error is ErrorReason.ENI_CAPACITY_EXCEED
+
+        await until(capacity_error, "ENICapacityExceed in the provision record")
+        await until(lambda: settled(world, instance_id, 30, enis=2), "two full ENIs")
+        provision = await world.provision_of()
+        assert provision is not None and provision.max_enis == 2 and provision.message
+
+
+async def test_a_full_subnet_records_subnet_no_more_ip(world: World) -> None:
+    tiny = await world.admin.create_subnet(zone="zoneA", cidr="10.1.0.0/28")  # 13 usable addresses
+    async with running(world):
+        instance_id = await world.add_node(target=20, subnet_ids=[tiny["subnetId"]])
+
+        async def subnet_error() -> bool:
+            provision = await world.provision_of()
+            return provision is not None and provision.last_error is ErrorReason.SUBNET_NO_MORE_IP
+
+        await until(subnet_error, "SubnetNoMoreIP in the provision record")
+        await until(lambda: settled(world, instance_id, 12, enis=1), "the subnet's last addresses in use")
+        assert (await world.cloud_enis())[0].subnet_id == tiny["subnetId"]
+
+
+async def test_injected_cloud_errors_are_recorded_and_retried_until_converged(world: World) -> None:
+    reasons: list[ErrorReason] = []
+
+    def watch(_key: str, item: Versioned[EniProvision] | None) -> None:
+        if item is not None and item.value.last_error is not None:
+            reasons.append(item.value.last_error)
+
+    cache = KvCache(world.provision, watch)
+    await cache.start()
+    attempts = BceSettings().max_attempts
+    await world.admin.fail_next("create_eni", count=attempts, code="InternalError", status=500)
+    await world.admin.fail_next("batch_add_private_ips", count=attempts, code="RateLimit", status=429)
+    try:
+        async with running(world):
+            instance_id = await world.add_node(target=10)
+            await until(lambda: settled(world, instance_id, 10, enis=1), "convergence after the faults")
+
+            async def cleared() -> bool:
+                provision = await world.provision_of()
+                return provision is not None and provision.last_error is None
+
+            await until(cleared, "the last error cleared")
+    finally:
+        await cache.stop()
+    assert ErrorReason.CLOUD_ERROR in reasons
+    assert ErrorReason.CLOUD_THROTTLED in reasons
+    assert {e.reason for e in world.seen("eni", "step-failed")} >= {ErrorReason.CLOUD_ERROR,
+                                                                    ErrorReason.CLOUD_THROTTLED}
+
+
+# ---- adoption and takeover -------------------------------------------------------------------------------------
+
+
+async def test_an_eni_of_ours_unknown_to_the_records_is_adopted_and_used(world: World) -> None:
+    async with running(world):
+        instance_id = await world.add_node(target=0)
+        await until(lambda: _has_provision(world), "the node provisioned")
+        info = await world.admin.info()
+        eni_id = await world.api.create_eni(name="cce-cce-local-node-1-4", subnet_id=info["subnets"][0]["subnetId"],
+                                            security_group_ids=[], description="made by hand")
+
+        async def adopted_in_use() -> bool:
+            return any(r.eni_id == eni_id and r.state is EniState.INUSE for r in await world.records())
+
+        await until(adopted_in_use, "the ENI adopted and attached")
+        await world.set_target("node-1", 5)
+        await until(lambda: settled(world, instance_id, 5, enis=1), "IPs added to the adopted ENI")
+        assert [r.index for r in await world.records()] == [4]
+        assert [e.object for e in world.seen("eni", "adopted")] == [eni_id]
+        assert not world.seen("eni", "created")
+
+
+async def _has_provision(w: World) -> bool:
+    return await w.provision_of() is not None
+
+
+@pytest.mark.parametrize("killed_after", ["create_eni", "attach_eni"])
+async def test_a_standby_takes_over_a_leader_killed_mid_creation_without_a_second_eni(
+        world: World, killed_after: str) -> None:
+    await world.admin.set_settings(attach_delay_s=0.5)
+    probe = ProbeApi(world.api, hang_after=killed_after)
+    async with running(world, probe, service_id="em-a") as first:
+        await until(first.leading, "em-a leading")
+        async with running(world, service_id="em-b") as standby:
+            instance_id = await world.add_node(target=10)
+            await asyncio.wait_for(probe.hung.wait(), TIMEOUT)
+            await first.stop()  # the leader dies between the cloud call and what follows it
+            await until(standby.leading, "em-b leading")
+            await until(lambda: settled(world, instance_id, 10, enis=1), "one ENI with 10 secondaries")
+            provision = await world.provision_of()
+            assert provision is not None and not provision.creating_eni
+    [cloud] = await world.cloud_enis()
+    # killed before recording it, the ENI is found by the successor's VPC scan; killed while attaching, by its record
+    unrecorded = killed_after == "create_eni"
+    assert [e.object for e in world.seen("eni", "adopted")] == ([cloud.eni_id] if unrecorded else [])
+    assert [e.object for e in world.seen("eni", "created")] == ([] if unrecorded else [cloud.eni_id])
+
+
+# ---- node removal ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["removing", "deleted"])
+async def test_a_removed_node_loses_its_enis_in_the_cloud_and_its_records(world: World, how: str) -> None:
+    async with running(world):
+        instance_id = await world.add_node(target=20)
+        await until(lambda: settled(world, instance_id, 20, enis=2), "two ENIs")
+        if how == "removing":
+            await world.nodes.mutate(subject_token("node-1"), lambda nrs: nrs.model_copy(
+                update={"status": NodeStatus(removing=True)}) if nrs else None)
+        else:
+            await world.nodes.delete(subject_token("node-1"))
+
+        async def gone() -> bool:
+            return not await world.cloud_enis() and not await world.records() and not await _has_provision(world)
+
+        await until(gone, "no ENI in the cloud, no record, no provision")
+        assert len(world.seen("eni", "deleted")) == 2
+
+
+async def test_a_removed_node_keeps_its_enis_for_the_grace_period_then_loses_them(world: World) -> None:
+    grace = 1.0
+    async with running(world, resync_period_s=60.0, removal_grace_s=grace):
+        instance_id = await world.add_node(target=5)
+        await until(lambda: settled(world, instance_id, 5, enis=1), "one ENI")
+        marked_at = utcnow()
+        await world.nodes.mutate(subject_token("node-1"), lambda nrs: nrs.model_copy(
+            update={"status": NodeStatus(removing=True)}) if nrs else None)
+        await until(lambda: _true(world.seen("eni", "deleted")), "the ENI deleted", timeout=10)
+    [deleted] = world.seen("eni", "deleted")
+    assert (deleted.time - marked_at).total_seconds() >= grace
+    assert not await world.cloud_enis()
+
+
+async def test_pre_allocated_enis_are_attached_without_demand_and_a_burstable_node_fills_each(
+        world: World) -> None:
+    async with running(world, pre_allocate_enis=2):
+        instance_id = await world.add_node(target=0)
+        await until(lambda: settled(world, instance_id, 0, enis=2), "two empty ENIs attached")
+        await world.add_node("node-2", target=3, pool={"burstable": True})
+        await until(lambda: _filled(world, "node-2"), "node-2's ENIs filled to capacity")
+    assert sorted(len(e.secondary_ips) for e in await world.records("node-2")) == [0, 15]
+
+
+async def _filled(w: World, node: str) -> bool:
+    records = await w.records(node)
+    return len(records) == 2 and sorted(len(e.secondary_ips) for e in records) == [0, 15]
