@@ -1,20 +1,57 @@
 """Composition root of ipam (any number of replicas, all serving).
 
-ipam owns the node pools (NetResourceSet) and the pod endpoints. Its request handlers (register, allocate,
-confirm, release) are wired here as they are built.
+ipam owns the node records (NetResourceSet), the node pools (NodePool) and the pod endpoints (CceEndpoint); it
+reads the ENI records and provisioning records eni_manager writes. Every replica serves register/remove and
+allocate/confirm/release; the replica holding the "ipam-maintenance" lease also runs pool maintenance.
 """
 
 from __future__ import annotations
 
-from chassis.config import ChassisSettings
+from dataclasses import dataclass
+
+from chassis.leader import LeaderElector
 from chassis.service import ServiceProcess, run
-from schemas.subjects import ENDPOINTS, IPAM, NODES
+from schemas.subjects import IPAM, LEASES
+from services.ipam.handlers import IpamHandlers
+from services.ipam.maintenance import Maintenance
+from services.ipam.pool_ops import PoolOps
+from services.ipam.settings import IpamSettings
+from services.ipam.state import IpamState
+
+
+@dataclass(frozen=True)
+class Ipam:
+    """The wired parts of one replica."""
+
+    ops: PoolOps
+    handlers: IpamHandlers
+    maintenance: Maintenance
+    elector: LeaderElector
+
+
+def ipam_settings(proc: ServiceProcess) -> IpamSettings:
+    settings = proc.settings
+    return settings if isinstance(settings, IpamSettings) else IpamSettings(**settings.model_dump())
+
+
+async def build(proc: ServiceProcess) -> Ipam:
+    """Load the caches, start the maintenance campaign and serve the requests."""
+    settings = ipam_settings(proc)
+    ops = PoolOps(await IpamState.open(proc), settings)
+    elector = LeaderElector(await proc.store(LEASES), settings.maintenance_lease, proc.id, settings.lease_ttl_s)
+    proc.elector = elector  # resigned on shutdown, so another replica takes maintenance over at once
+    proc.health.add_check("maintenance", lambda: (True, "leader" if elector.is_leader else "standby"))
+    maintenance = Maintenance(ops, proc.events, elector)
+    proc.spawn(elector.run(), name="ipam-maintenance-lease")
+    proc.spawn(maintenance.run(), name="ipam-maintenance")
+    handlers = IpamHandlers(ops, proc.events)
+    await handlers.serve(proc.rpc)
+    return Ipam(ops, handlers, maintenance, elector)
 
 
 async def wire(proc: ServiceProcess) -> None:
-    for bucket in (NODES, ENDPOINTS):
-        await proc.store(bucket)
+    await build(proc)
 
 
 def main() -> None:
-    run(IPAM, ChassisSettings, wire, description="pod IP allocation from per-node pools")
+    run(IPAM, IpamSettings, wire, description="pod IP allocation from per-node pools")

@@ -1,0 +1,438 @@
+"""A node's pool of pod IPs in ENI secondary-IP mode, as plain data and functions (no I/O, no clock reads).
+
+The IPs ipam may hand out on a node are the secondary IPs of the node's in-use secondary-IP ENIs, less those
+claimed (`pool.allocated`), cooling down (`pool.cooldown`, until their time) or being released
+(`pool.releasing`). Every change returns a new `NodePool`; the service writes it by compare-and-set, so two
+replicas never give one IP to two pods. Decisions that touch more than one IP come back as plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+from ipaddress import IPv4Address
+
+from schemas.base import NetworkMode
+from schemas.errors import CceError, ErrorReason
+from schemas.messages import AllocateRequest
+from schemas.records import (
+    CceEndpoint,
+    EndpointAddress,
+    EndpointState,
+    Eni,
+    EniProvision,
+    EniState,
+    EniUse,
+    NodeCapacity,
+    NodePool,
+    NodeSpec,
+    NodeStatus,
+    PoolDemand,
+    PoolSettings,
+    ReleaseMark,
+    ReleaseState,
+)
+from services.ipam import watermarks as wm
+
+ROUTE_TABLE_BASE = 127
+# A provisioning error eni_manager reports that is also the reason an allocation failed.
+PROVISION_REASONS = frozenset({
+    ErrorReason.SUBNET_NO_MORE_IP, ErrorReason.ENI_CAPACITY_EXCEED, ErrorReason.NO_AVAILABLE_SUBNET,
+    ErrorReason.CLOUD_THROTTLED, ErrorReason.CLOUD_ERROR,
+})
+LIVE_ENI_STATES = frozenset({EniState.AVAILABLE, EniState.ATTACHING, EniState.INUSE})
+
+
+@dataclass(frozen=True)
+class IpSlot:
+    """One secondary IP of one ENI."""
+
+    ip: IPv4Address
+    eni: Eni
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """Everything about a node besides its pool: its spec, its ENI records, eni_manager's view of it."""
+
+    node: str
+    spec: NodeSpec
+    enis: tuple[Eni, ...] = ()
+    provision: EniProvision | None = None
+
+    @property
+    def settings(self) -> PoolSettings:
+        return self.spec.pool
+
+    @property
+    def quota(self) -> wm.Quota:
+        return wm.eni_quota(self.spec, self.provision)
+
+    @property
+    def max_allocate(self) -> int:
+        return wm.max_allocate(self.spec)
+
+    @cached_property
+    def secondary_enis(self) -> list[Eni]:
+        """The node's secondary-IP ENIs, in order of their node-local index."""
+        mine = [e for e in self.enis if e.node == self.node and e.use is EniUse.SECONDARY_IPS]
+        return sorted(mine, key=lambda e: (e.index, e.eni_id))
+
+    @cached_property
+    def usable_enis(self) -> list[Eni]:
+        return [e for e in self.secondary_enis if e.state is EniState.INUSE]
+
+    @cached_property
+    def _holders(self) -> dict[str, Eni]:
+        return {str(ip): eni for eni in self.secondary_enis for ip in eni.secondary_ips}
+
+    def eni_holding(self, ip: str) -> Eni | None:
+        """The node's ENI record (any state) that carries `ip` as a secondary IP."""
+        return self._holders.get(ip)
+
+
+def _ip_order(ip: IPv4Address | str) -> int:
+    return int(IPv4Address(str(ip)))
+
+
+class PoolView:
+    """The pool of a node at `now`: every usable IP sorted by ENI index then address, and its category."""
+
+    def __init__(self, pool: NodePool, facts: NodeFacts, now: datetime) -> None:
+        self.pool = pool
+        self.facts = facts
+        self.now = now
+        self.slots = [IpSlot(ip, eni) for eni in facts.usable_enis for ip in sorted(eni.secondary_ips, key=int)]
+        self.free_slots: list[IpSlot] = []
+        self.cooling = 0
+        self.releasing_usable = 0
+        for slot in self.slots:
+            ip = str(slot.ip)
+            if ip in pool.allocated:
+                continue
+            if ip in pool.releasing:
+                self.releasing_usable += 1
+            elif self.is_in_cooldown(ip):
+                self.cooling += 1
+            else:
+                self.free_slots.append(slot)
+
+    def is_in_cooldown(self, ip: str) -> bool:
+        until = self.pool.cooldown.get(ip)
+        return until is not None and until > self.now
+
+    @property
+    def used(self) -> int:
+        return len(self.pool.allocated)
+
+    @property
+    def free(self) -> int:
+        return len(self.free_slots)
+
+    @property
+    def pending(self) -> int:
+        holders = set(self.pool.allocated.values())
+        return wm.pending_surge(len(self.pool.waiting), sum(1 for key in self.pool.waiting if key in holders))
+
+    @property
+    def available(self) -> int:
+        """Usable IPs that are not on their way out."""
+        return len(self.slots) - self.releasing_usable
+
+    def next_cooldown_end(self) -> datetime | None:
+        ends = [until for ip, until in self.pool.cooldown.items() if until > self.now and ip not in self.pool.allocated]
+        return min(ends, default=None)
+
+    def target(self) -> int:
+        settings, upper = self.facts.settings, self.facts.max_allocate
+        target = wm.target_ips(self.used, self.pending, settings, upper, cooling=self.cooling)
+        if not settings.burstable:
+            return target
+        quota = self.facts.quota
+        capacities = [max(0, (e.ip_quota or quota.ips_per_eni) - 1)
+                      for e in self.facts.secondary_enis if e.state in LIVE_ENI_STATES]
+        return min(upper, wm.burstable_target(target, capacities, quota.secondaries_per_eni))
+
+    def excess(self) -> int:
+        settings = self.facts.settings
+        keep = wm.keep_ips(self.target(), self.used, self.cooling, self.pending, settings)
+        return wm.excess_ips(self.available, self.free, keep, settings)
+
+    def demand(self, removing: bool = False) -> PoolDemand:
+        return PoolDemand(target_ips=0 if removing else self.target(), used=self.used, pending=self.pending,
+                          free=self.free, cooling=self.cooling, releasing=len(self.pool.releasing),
+                          computed_at=self.now)
+
+
+# ---- claims -----------------------------------------------------------------------------------------------------
+
+
+def same_pool(a: NodePool, b: NodePool) -> bool:
+    """Equal but for the times a write stamps on it."""
+    exclude: dict[str, object] = {"updated_at": True, "demand": {"computed_at"}}
+    return a.model_dump(exclude=exclude) == b.model_dump(exclude=exclude)  # type: ignore[arg-type]
+
+
+def refresh_demand(pool: NodePool, facts: NodeFacts, now: datetime, removing: bool = False) -> NodePool:
+    new = pool.model_copy(deep=True)
+    new.demand = PoolView(new, facts, now).demand(removing)
+    new.updated_at = now
+    return new
+
+
+def pick_ip(view: PoolView) -> IpSlot | None:
+    """The first free IP: lowest ENI index, then lowest address."""
+    return view.free_slots[0] if view.free_slots else None
+
+
+def held_slot(pool: NodePool, facts: NodeFacts, key: str) -> IpSlot | None:
+    """The IP `key` already holds, if it is still on one of the node's ENIs."""
+    for ip, holder in sorted(pool.allocated.items(), key=lambda kv: _ip_order(kv[0])):
+        eni = facts.eni_holding(ip) if holder == key else None
+        if eni is not None:
+            return IpSlot(IPv4Address(ip), eni)
+    return None
+
+
+def allocate_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime) -> tuple[NodePool, IpSlot] | None:
+    """Give `key` a free IP (or the one it holds). None when the pool has none free."""
+    held = held_slot(pool, facts, key)
+    if held is not None:
+        return pool, held
+    slot = pick_ip(PoolView(pool, facts, now))
+    if slot is None:
+        return None
+    new = pool.model_copy(deep=True)
+    for stale in [ip for ip, holder in new.allocated.items() if holder == key]:  # its IP left the node
+        del new.allocated[stale]
+    new.allocated[str(slot.ip)] = key
+    new.cooldown.pop(str(slot.ip), None)
+    new.waiting.pop(key, None)
+    return refresh_demand(new, facts, now), slot
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of one attempt to claim an IP for `key`: the pool to write and the IP, if any."""
+
+    pool: NodePool
+    changed: bool
+    slot: IpSlot | None = None
+    reused: bool = False
+    at_max: bool = False
+    next_cooldown_end: datetime | None = None
+
+
+def is_at_max_pods(used: int, upper: int) -> bool:
+    return used >= upper
+
+
+def claim_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime, wait: bool) -> Claim:
+    """Allocate for `key`; when nothing is free and the caller will wait, record it in `waiting` so the demand
+    counts it (the pending surge)."""
+    held = held_slot(pool, facts, key)
+    if held is not None:
+        new = drop_waiting(pool, facts, key, now)
+        return Claim(new, not same_pool(pool, new), held, reused=True)
+    if is_at_max_pods(len(pool.allocated), facts.max_allocate):
+        new = drop_waiting(pool, facts, key, now)
+        return Claim(new, not same_pool(pool, new), at_max=True)
+    allocated = allocate_ip(pool, facts, key, now)
+    if allocated is not None:
+        return Claim(allocated[0], True, allocated[1])
+    new = pool.model_copy(deep=True)
+    if wait:
+        new.waiting.setdefault(key, now)
+    new = refresh_demand(new, facts, now)
+    return Claim(new, not same_pool(pool, new), next_cooldown_end=PoolView(new, facts, now).next_cooldown_end())
+
+
+def drop_waiting(pool: NodePool, facts: NodeFacts, key: str, now: datetime) -> NodePool:
+    if key not in pool.waiting:
+        return pool
+    new = pool.model_copy(deep=True)
+    new.waiting.pop(key)
+    return refresh_demand(new, facts, now)
+
+
+def release_ip(pool: NodePool, key: str, cooldown_s: float, now: datetime) -> tuple[NodePool, list[IPv4Address]]:
+    """Free every IP `key` holds; each cools down before anyone gets it again. Idempotent."""
+    ips = sorted((ip for ip, holder in pool.allocated.items() if holder == key), key=_ip_order)
+    if not ips and key not in pool.waiting:
+        return pool, []
+    new = pool.model_copy(deep=True)
+    until = now + timedelta(seconds=cooldown_s)
+    for ip in ips:
+        del new.allocated[ip]
+        new.cooldown[ip] = until
+    new.waiting.pop(key, None)
+    new.updated_at = now
+    return new, [IPv4Address(ip) for ip in ips]
+
+
+# ---- endpoints -------------------------------------------------------------------------------------------------
+
+
+def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: datetime, ttl_s: float) -> CceEndpoint:
+    eni = slot.eni
+    address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=eni.gateway, subnet_cidr=eni.subnet_cidr,
+                              eni_id=eni.eni_id, subnet_id=eni.subnet_id, route_table=ROUTE_TABLE_BASE + eni.index)
+    return CceEndpoint(node=req.node, container_id=req.container_id, ifname=req.ifname, namespace=req.pod.namespace,
+                       pod=req.pod.name, pod_uid=req.pod.uid, mode=mode, state=EndpointState.ALLOCATED,
+                       addresses=[address], created_at=now, expires_at=now + timedelta(seconds=ttl_s),
+                       updated_at=now)
+
+
+def confirm_endpoint(endpoint: CceEndpoint, host_veth: str, now: datetime) -> CceEndpoint:
+    new = endpoint.model_copy(deep=True)
+    new.state = EndpointState.READY
+    new.expires_at = None
+    new.host_veth = host_veth or endpoint.host_veth
+    new.updated_at = now
+    return new
+
+
+def expired_endpoints(endpoints: Mapping[str, CceEndpoint], now: datetime) -> list[str]:
+    """Unconfirmed allocations past their deadline."""
+    return sorted(key for key, ep in endpoints.items()
+                  if ep.state is EndpointState.ALLOCATED and ep.expires_at is not None and ep.expires_at <= now)
+
+
+def orphan_claims(pool: NodePool, endpoint_keys: Collection[str]) -> dict[str, str]:
+    """Claims (IP -> key) whose endpoint does not exist: a write lost between the claim and the endpoint."""
+    return {ip: key for ip, key in pool.allocated.items() if key not in endpoint_keys}
+
+
+def stray_endpoints(endpoints: Mapping[str, CceEndpoint], pool: NodePool) -> list[str]:
+    """Endpoints whose IP their key does not hold in the pool (a release that lost its last write)."""
+    return sorted(key for key, ep in endpoints.items()
+                  if not any(pool.allocated.get(str(a.ip)) == key for a in ep.addresses))
+
+
+# ---- failures and status ---------------------------------------------------------------------------------------
+
+
+def failure(node: str, provision: EniProvision | None, used: int, upper: int, waited_s: float) -> CceError:
+    """Why an allocation got no IP, with the coded reason a user can look up."""
+    if is_at_max_pods(used, upper):
+        return CceError(ErrorReason.IP_POOL_EXHAUSTED,
+                        f"node {node} is at its max pods ({upper} IPs in use)", node=node, used=used, max_pods=upper)
+    if provision is not None and provision.creating_eni:
+        return CceError(ErrorReason.WAIT_CREATE_MORE_ENI,
+                        f"no free IP on node {node} after {waited_s:g}s; a new ENI is being created", node=node)
+    if provision is not None and provision.last_error in PROVISION_REASONS:
+        reason = provision.last_error
+        assert reason is not None
+        detail = f": {provision.message}" if provision.message else ""
+        return CceError(reason, f"no free IP on node {node} after {waited_s:g}s; provisioning failed{detail}",
+                        node=node)
+    return CceError(ErrorReason.IP_POOL_EXHAUSTED, f"no free IP on node {node} after {waited_s:g}s", node=node,
+                    used=used)
+
+
+def node_capacity(view: PoolView) -> NodeCapacity:
+    quota = view.facts.quota
+    current = sum(len(e.secondary_ips) for e in view.facts.secondary_enis if e.state in LIVE_ENI_STATES)
+    return NodeCapacity(free_ips=view.free, used_ips=view.used, attachable_ips=max(0, quota.max_secondaries - current),
+                        max_enis=quota.max_enis, ips_per_eni=quota.ips_per_eni)
+
+
+def is_ready(view: PoolView) -> bool:
+    """Usable once it has its first IPs: min(min_allocate, max_allocate) of them, or an in-use ENI."""
+    wanted = min(view.facts.settings.min_allocate, view.facts.max_allocate)
+    return len(view.slots) >= wanted or bool(view.facts.usable_enis)
+
+
+def node_status(status: NodeStatus, view: PoolView) -> NodeStatus | None:
+    """The status with the pool's readiness, ENIs and capacity; None when nothing changed."""
+    enis = [e.eni_id for e in view.facts.secondary_enis if e.state is not EniState.DELETED]
+    ready, capacity = is_ready(view), node_capacity(view)
+    if status.ready == ready and status.enis == enis and status.capacity == capacity:
+        return None
+    new = status.model_copy(deep=True)
+    new.ready, new.enis, new.capacity, new.updated_at = ready, enis, capacity, view.now
+    return new
+
+
+# ---- release handshake and upkeep ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Excess IPs to mark (IP -> ENI id), marks to cancel, marks to confirm, entries to drop (IP gone)."""
+
+    mark: dict[str, str] = field(default_factory=dict)
+    unmark: list[str] = field(default_factory=list)
+    confirm: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.mark or self.unmark or self.confirm or self.drop)
+
+
+def choose_excess(view: PoolView, count: int) -> dict[str, str]:
+    """`count` free IPs, from the ENIs with the fewest used IPs first (highest addresses first)."""
+    used_on: dict[str, int] = {}
+    for ip in view.pool.allocated:
+        eni = view.facts.eni_holding(ip)
+        if eni is not None:
+            used_on[eni.eni_id] = used_on.get(eni.eni_id, 0) + 1
+    ranked = sorted(view.free_slots, key=lambda s: (used_on.get(s.eni.eni_id, 0), -s.eni.index, -int(s.ip)))
+    return {str(s.ip): s.eni.eni_id for s in ranked[:count]}
+
+
+def plan_release(view: PoolView) -> ReleasePlan:
+    pool, facts, settings = view.pool, view.facts, view.facts.settings
+    drop = sorted((ip for ip in pool.releasing if facts.eni_holding(ip) is None), key=_ip_order)
+    marked = sorted((ip for ip, m in pool.releasing.items() if m.state is ReleaseState.MARKED and ip not in drop),
+                    key=lambda ip: (pool.releasing[ip].marked_at, _ip_order(ip)))
+    short = wm.shortfall(view.free, view.pending, settings)
+    unmark = marked if not settings.release_excess else marked[len(marked) - min(short, len(marked)):]
+    delay = timedelta(seconds=settings.release_delay_s)
+    confirm = [ip for ip in marked if ip not in unmark and ip not in pool.allocated
+               and pool.releasing[ip].marked_at + delay <= view.now]
+    mark = choose_excess(view, view.excess()) if not unmark and not short else {}
+    return ReleasePlan(mark=mark, unmark=unmark, confirm=confirm, drop=drop)
+
+
+def apply_release(pool: NodePool, plan: ReleasePlan, now: datetime) -> NodePool:
+    if plan.is_empty:
+        return pool
+    new = pool.model_copy(deep=True)
+    for ip in (*plan.drop, *plan.unmark):
+        new.releasing.pop(ip, None)
+    for ip in plan.confirm:
+        new.releasing[ip].state = ReleaseState.CONFIRMED
+    for ip, eni_id in plan.mark.items():
+        new.releasing[ip] = ReleaseMark(eni_id=eni_id, state=ReleaseState.MARKED, marked_at=now)
+    return new
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """What one maintenance pass did to a pool."""
+
+    pool: NodePool
+    changed: bool
+    release: ReleasePlan
+    cooled: list[str]
+    stale_waiting: list[str]
+
+
+def maintain_pool(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s: float,
+                  removing: bool = False) -> Upkeep:
+    """Prune finished cooldowns and stale waiting entries, drive the release handshake, recompute the demand."""
+    new = pool.model_copy(deep=True)
+    cooled = sorted((ip for ip, until in pool.cooldown.items() if until <= now or facts.eni_holding(ip) is None),
+                    key=_ip_order)
+    for ip in cooled:
+        del new.cooldown[ip]
+    stale = sorted(k for k, since in pool.waiting.items() if since + timedelta(seconds=waiting_ttl_s) <= now)
+    for key in stale:
+        del new.waiting[key]
+    plan = ReleasePlan() if removing else plan_release(PoolView(new, facts, now))
+    new = refresh_demand(apply_release(new, plan, now), facts, now, removing)
+    return Upkeep(new, not same_pool(pool, new), plan, cooled, stale)

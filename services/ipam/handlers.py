@@ -1,0 +1,208 @@
+"""Bus requests of ipam: node register/remove and pod IP allocate/confirm/release, mapped onto domain calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chassis.events import EventPublisher
+from chassis.kv import KEEP, _Keep
+from chassis.logs import get_logger
+from chassis.rpc import RpcServer
+from schemas.errors import CceError, ErrorReason
+from schemas.events import EventKind
+from schemas.messages import (
+    AllocateReply,
+    AllocateRequest,
+    ConfirmReply,
+    ConfirmRequest,
+    NodeRegisterReply,
+    NodeRegisterRequest,
+    NodeRemoveReply,
+    NodeRemoveRequest,
+    ReleaseReply,
+    ReleaseRequest,
+)
+from schemas.records import CceEndpoint, NetResourceSet, NodePool, NodeSpec, PoolSettings
+from schemas.subjects import IPAM_ALLOCATE, IPAM_CONFIRM, IPAM_RELEASE, NODE_REGISTER, NODE_REMOVE, endpoint_key
+from services.ipam import domain
+from services.ipam.pool_ops import PoolOps, endpoint_ips
+from services.ipam.state import node_key, wait_event
+from services.ipam.watermarks import max_allocate
+
+log = get_logger("ipam.handlers")
+
+RECHECK_S = 1.0  # a waiting allocation looks again at least this often, changes or not
+
+
+def spec_from(req: NodeRegisterRequest, pool: PoolSettings | None) -> NodeSpec:
+    """The node's spec from its registration; pool settings the request leaves out are kept."""
+    facts = req.model_dump(exclude={"node", "pool", "schema_version"})
+    return NodeSpec(**facts, pool=req.pool or pool or PoolSettings())
+
+
+class IpamHandlers:
+    def __init__(self, ops: PoolOps, events: EventPublisher) -> None:
+        self.ops = ops
+        self.state = ops.state
+        self.settings = ops.settings
+        self.events = events
+
+    async def serve(self, rpc: RpcServer) -> None:
+        await rpc.add(NODE_REGISTER, self.register)
+        await rpc.add(NODE_REMOVE, self.remove)
+        await rpc.add(IPAM_ALLOCATE, self.allocate)
+        await rpc.add(IPAM_CONFIRM, self.confirm)
+        await rpc.add(IPAM_RELEASE, self.release)
+
+    # ---- nodes -------------------------------------------------------------------------------------------------
+
+    async def register(self, req: NodeRegisterRequest) -> NodeRegisterReply:
+        created = False
+
+        def change(current: NetResourceSet | None) -> NetResourceSet | _Keep:
+            nonlocal created
+            created = current is None
+            if current is None:
+                return NetResourceSet(name=req.node, spec=spec_from(req, None))
+            if current.status.removing:
+                raise CceError(ErrorReason.CONFLICT, f"node {req.node} is being removed; register once it is gone",
+                               node=req.node)
+            spec = spec_from(req, current.spec.pool)
+            if spec == current.spec:
+                return KEEP
+            current.spec = spec
+            return current
+
+        item = await self.state.stores.nodes.mutate(node_key(req.node), change)
+        assert item is not None
+        await self.state.stores.pools.mutate(node_key(req.node),
+                                             lambda pool: NodePool(node=req.node) if pool is None else KEEP)
+        await self.events.publish(EventKind.NODE, "registered", node=req.node, object=req.node, created=created,
+                                  message=f"node {req.node} registered" + ("" if created else " again"))
+        return NodeRegisterReply(nrs=item.value, created=created)
+
+    async def remove(self, req: NodeRemoveRequest) -> NodeRemoveReply:
+        started = False
+
+        def change(current: NetResourceSet | None) -> NetResourceSet | _Keep:
+            nonlocal started
+            started = current is not None and not current.status.removing
+            if not started:
+                return KEEP
+            assert current is not None
+            current.status.removing = True
+            return current
+
+        item = await self.state.stores.nodes.mutate(node_key(req.node), change)
+        if started:
+            await self.events.publish(EventKind.NODE, "removing", node=req.node, object=req.node,
+                                      message=f"node {req.node} is being removed")
+        return NodeRemoveReply(node=req.node, removing=item is not None and item.value.status.removing)
+
+    async def _node(self, node: str) -> NetResourceSet | None:
+        nrs = self.state.nrs(node)
+        if nrs is None:  # the cache may not have seen a registration another replica just served
+            item = await self.state.stores.nodes.get(node_key(node))
+            nrs = item.value if item else None
+        return nrs
+
+    async def _registered(self, node: str) -> NetResourceSet:
+        nrs = await self._node(node)
+        if nrs is None or nrs.status.removing:
+            why = "has not registered" if nrs is None else "is being removed"
+            raise CceError(ErrorReason.NODE_NOT_REGISTERED, f"node {node} {why}", node=node)
+        return nrs
+
+    # ---- endpoints ---------------------------------------------------------------------------------------------
+
+    async def allocate(self, req: AllocateRequest) -> AllocateReply:
+        nrs = await self._registered(req.node)
+        if req.exclusive:
+            raise CceError(ErrorReason.INVALID_REQUEST, "exclusive ENIs are not served by this ipam yet",
+                           fields=["exclusive"])
+        key = endpoint_key(req.node, req.container_id, req.ifname)
+        existing = await self.state.stores.endpoints.get(key)
+        if existing is not None:
+            return AllocateReply(endpoint=existing.value, reused=True)
+        wait_s = req.wait_s if "wait_s" in req.model_fields_set else self.settings.default_wait_s
+        wait_s = min(wait_s, self.settings.max_wait_s)
+        claim = await self._claim(nrs, key, wait_s)
+        if claim.slot is None:
+            raise domain.failure(req.node, self.state.provision(req.node), len(claim.pool.allocated),
+                                 max_allocate(nrs.spec), wait_s)
+        endpoint, reused = await self._record(req, nrs, key, claim.slot, claim.reused)
+        if not reused:
+            await self.events.publish(EventKind.ENDPOINT, "allocated", node=req.node, object=key,
+                                      ip=str(claim.slot.ip), eni_id=claim.slot.eni.eni_id,
+                                      pod=f"{req.pod.namespace}/{req.pod.name}")
+        return AllocateReply(endpoint=endpoint, reused=reused)
+
+    async def _claim(self, nrs: NetResourceSet, key: str, wait_s: float) -> domain.Claim:
+        """Claim an IP, waiting up to `wait_s` for the pool to refill; the waiting entry goes in every outcome."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        waiting = False
+        try:
+            while True:
+                changed = self.state.signals.current(nrs.name)
+                claim = await self.ops.claim(nrs, key, wait=wait_s > 0)
+                waiting = wait_s > 0 and claim.slot is None and not claim.at_max
+                remaining = deadline - loop.time()
+                if claim.slot is not None or claim.at_max or remaining <= 0:
+                    return claim
+                await wait_event(changed, min(remaining, RECHECK_S, self._until(claim)))
+        finally:
+            if waiting:
+                await self.ops.stop_waiting(nrs, key)
+
+    def _until(self, claim: domain.Claim) -> float:
+        if claim.next_cooldown_end is None:
+            return RECHECK_S
+        return max(0.0, (claim.next_cooldown_end - self.ops.clock()).total_seconds())
+
+    async def _record(self, req: AllocateRequest, nrs: NetResourceSet, key: str, slot: domain.IpSlot,
+                      reused: bool) -> tuple[CceEndpoint, bool]:
+        """Write the endpoint of a claim; a concurrent request with the same key may have written it first."""
+        endpoint = domain.new_endpoint(req, nrs.spec.mode, slot, self.ops.clock(), self.settings.allocation_ttl_s)
+        try:
+            await self.state.stores.endpoints.create(key, endpoint)
+        except CceError as err:
+            if err.reason is not ErrorReason.CONFLICT:
+                raise
+            existing = await self.state.stores.endpoints.get(key)
+            if existing is None:
+                raise
+            return existing.value, True
+        if reused:
+            log.info("endpoint rebuilt from its claim", node=req.node, key=key, ip=str(slot.ip))
+        return endpoint, reused
+
+    async def confirm(self, req: ConfirmRequest) -> ConfirmReply:
+        key = endpoint_key(req.node, req.container_id, req.ifname)
+
+        def change(current: CceEndpoint | None) -> CceEndpoint | _Keep:
+            if current is None:
+                raise CceError(ErrorReason.ENDPOINT_NOT_FOUND, f"no endpoint {key}", node=req.node, key=key)
+            if current.expires_at is None and current.host_veth == (req.host_veth or current.host_veth):
+                return KEEP
+            return domain.confirm_endpoint(current, req.host_veth, self.ops.clock())
+
+        item = await self.state.stores.endpoints.mutate(key, change)
+        assert item is not None
+        return ConfirmReply(endpoint=item.value)
+
+    async def release(self, req: ReleaseRequest) -> ReleaseReply:
+        """Never fails for lack of state: an unknown key (or node) is released=False."""
+        key = endpoint_key(req.node, req.container_id, req.ifname)
+        nrs = await self._node(req.node)
+        existing = await self.state.stores.endpoints.get(key)
+        if existing is not None:
+            await self.state.stores.endpoints.delete(key)
+        cooldown = (nrs.spec.pool if nrs else PoolSettings()).cooldown_s
+        ips = await self.ops.release(req.node, nrs.spec if nrs else None, key, cooldown)
+        released = existing is not None or bool(ips)
+        ips = ips or endpoint_ips(existing.value if existing else None)
+        if released:
+            await self.events.publish(EventKind.ENDPOINT, "released", node=req.node, object=key,
+                                      ip=",".join(map(str, ips)), cooldown_s=cooldown)
+        return ReleaseReply(released=released, ips=ips)

@@ -1,0 +1,197 @@
+"""Pool maintenance, run by the one replica holding the "ipam-maintenance" lease: on a period and whenever a node's
+pool, ENIs or provisioning change (coalesced per node), it recomputes the demand, expires unconfirmed endpoints,
+prunes cooldowns, drives the release handshake, publishes readiness and capacity, collects orphans after a grace
+period, and removes nodes in two phases (endpoints and pool first, the node record last)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from chassis.events import EventPublisher
+from chassis.kv import KEEP, _Keep
+from chassis.leader import LeaderElector
+from chassis.logs import get_logger
+from schemas.errors import CceError, ErrorReason
+from schemas.events import EventKind
+from schemas.records import NetResourceSet
+from services.ipam import domain
+from services.ipam.pool_ops import PoolOps, endpoint_ips
+from services.ipam.state import node_key, wait_event
+
+log = get_logger("ipam.maintenance")
+
+
+class Grace:
+    """Two-phase collection: a candidate is acted on only once it has stayed a candidate for the grace period."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], dict[str, datetime]] = {}
+
+    def due(self, scope: tuple[str, str], candidates: set[str], now: datetime, grace_s: float) -> list[str]:
+        previous = self._seen.get(scope, {})
+        seen = {c: previous.get(c, now) for c in candidates}
+        if seen:
+            self._seen[scope] = seen
+        else:
+            self._seen.pop(scope, None)
+        return sorted(c for c, since in seen.items() if since + timedelta(seconds=grace_s) <= now)
+
+    def forget(self, node: str) -> None:
+        for scope in [s for s in self._seen if s[0] == node]:
+            del self._seen[scope]
+
+
+class Maintenance:
+    def __init__(self, ops: PoolOps, events: EventPublisher, elector: LeaderElector) -> None:
+        self.ops = ops
+        self.state = ops.state
+        self.settings = ops.settings
+        self.events = events
+        self.elector = elector
+        self.grace = Grace()
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self.state.listeners.append(self.poke)
+
+    def poke(self, node: str) -> None:
+        self._dirty.add(node)
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
+        while True:
+            await wait_event(self._wake, next_full - loop.time())
+            self._wake.clear()
+            nodes, self._dirty = self._dirty, set()
+            if loop.time() >= next_full:
+                nodes |= self.state.known_nodes()
+                next_full = loop.time() + self.settings.maintenance_period_s
+            if self.elector.is_leader:
+                for node in sorted(nodes):
+                    await self.reconcile_safely(node)
+
+    async def reconcile_safely(self, node: str) -> None:
+        try:
+            await self.reconcile(node)
+        except Exception as err:  # one node's trouble must not stop the others; the next pass retries
+            log.warning("node maintenance failed", node=node, error=repr(err))
+
+    async def reconcile(self, node: str) -> None:
+        nrs = self.state.nrs(node)
+        if nrs is None:
+            return
+        if nrs.status.removing:
+            await self.remove_step(nrs)
+            return
+        await self.expire(nrs)
+        await self.collect(nrs)
+        upkeep = await self.ops.upkeep(nrs)
+        if upkeep is not None:
+            await self.announce(nrs.name, upkeep)
+            await self.publish_status(nrs, upkeep)
+
+    # ---- endpoints ---------------------------------------------------------------------------------------------
+
+    async def expire(self, nrs: NetResourceSet) -> None:
+        now = self.ops.clock()
+        for key in domain.expired_endpoints(self.state.endpoints.of(nrs.name), now):
+            item = await self.state.stores.endpoints.get(key)
+            if item is None or not domain.expired_endpoints({key: item.value}, now):
+                continue  # confirmed or released meanwhile
+            if await self._drop_endpoint(nrs, key, item.revision):
+                await self.events.publish(EventKind.ENDPOINT, "expired", node=nrs.name, object=key,
+                                          ip=",".join(map(str, endpoint_ips(item.value))),
+                                          message=f"unconfirmed allocation {key} expired")
+
+    async def _drop_endpoint(self, nrs: NetResourceSet, key: str, revision: int | None) -> bool:
+        """Delete an endpoint (only if unchanged since `revision`) and free what its key holds."""
+        try:
+            await self.state.stores.endpoints.delete(key, revision)
+        except CceError as err:
+            if err.reason is ErrorReason.CONFLICT:
+                return False
+            raise
+        await self.ops.release(nrs.name, nrs.spec, key, nrs.spec.pool.cooldown_s)
+        return True
+
+    async def collect(self, nrs: NetResourceSet) -> None:
+        """Claims without an endpoint and endpoints without a claim, once they stayed so for the grace period."""
+        node, now, grace_s = nrs.name, self.ops.clock(), self.settings.orphan_grace_s
+        pool = self.state.pool(node)
+        if pool is None:
+            return
+        endpoints = self.state.endpoints.of(node)
+        orphans = set(domain.orphan_claims(pool, endpoints.keys()).values())
+        for key in self.grace.due((node, "claim"), orphans, now, grace_s):
+            if await self.state.stores.endpoints.get(key) is None:
+                ips = await self.ops.release(node, nrs.spec, key, nrs.spec.pool.cooldown_s)
+                await self.events.publish(EventKind.ENDPOINT, "orphan-released", node=node, object=key,
+                                          ip=",".join(map(str, ips)))
+        strays = set(domain.stray_endpoints(endpoints, pool))
+        for key in self.grace.due((node, "endpoint"), strays, now, grace_s):
+            await self._collect_stray(nrs, key)
+
+    async def _collect_stray(self, nrs: NetResourceSet, key: str) -> None:
+        item = await self.state.stores.endpoints.get(key)
+        pool = await self.state.stores.pools.get(node_key(nrs.name))
+        if item is None or pool is None or not domain.stray_endpoints({key: item.value}, pool.value):
+            return
+        if await self._drop_endpoint(nrs, key, item.revision):
+            await self.events.publish(EventKind.ENDPOINT, "stray-removed", node=nrs.name, object=key)
+
+    # ---- pool and status ---------------------------------------------------------------------------------------
+
+    async def announce(self, node: str, upkeep: domain.Upkeep) -> None:
+        plan = upkeep.release
+        for what, ips in (("release-marked", list(plan.mark)), ("release-cancelled", plan.unmark),
+                          ("release-confirmed", plan.confirm), ("released-from-eni", plan.drop)):
+            if ips:
+                await self.events.publish(EventKind.IP, what, node=node, object=node, ips=ips, count=len(ips))
+
+    async def publish_status(self, nrs: NetResourceSet, upkeep: domain.Upkeep) -> None:
+        view = domain.PoolView(upkeep.pool, self.state.facts(nrs.name, nrs.spec), self.ops.clock())
+        cached = self.state.nrs(nrs.name)
+        if cached is not None and domain.node_status(cached.status, view) is None:
+            return
+
+        def change(current: NetResourceSet | None) -> NetResourceSet | _Keep:
+            if current is None or current.status.removing:
+                return KEEP
+            status = domain.node_status(current.status, view)
+            if status is None:
+                return KEEP
+            current.status = status
+            return current
+
+        await self.state.stores.nodes.mutate(node_key(nrs.name), change)
+
+    # ---- node removal ------------------------------------------------------------------------------------------
+
+    async def remove_step(self, nrs: NetResourceSet) -> None:
+        """Phase one: release the node's endpoints and zero its demand. Phase two, once eni_manager has removed the
+        node's ENIs and provisioning record: delete the pool, then the node record."""
+        node = nrs.name
+        endpoints = self.state.endpoints.of(node)
+        for key in sorted(endpoints):
+            await self.state.stores.endpoints.delete(key)
+            await self.events.publish(EventKind.ENDPOINT, "released", node=node, object=key,
+                                      ip=",".join(map(str, endpoint_ips(endpoints[key]))), message="node removed")
+        await self.ops.upkeep(nrs, removing=True)
+        if endpoints or self.state.enis.of(node) or self.state.provision(node) is not None:
+            return
+        await self.state.stores.pools.delete(node_key(node))
+        deleted = False
+
+        def change(current: NetResourceSet | None) -> NetResourceSet | _Keep | None:
+            nonlocal deleted
+            deleted = current is not None and current.status.removing
+            return None if deleted else KEEP
+
+        await self.state.stores.nodes.mutate(node_key(node), change)
+        if deleted:
+            self.grace.forget(node)
+            self.state.forget(node)
+            await self.events.publish(EventKind.NODE, "removed", node=node, object=node,
+                                      message=f"node {node} removed")

@@ -1,0 +1,168 @@
+"""ipam's view of the buckets: the stores it writes, watch caches of what it reads, indexes by node, and per-node
+signals that wake waiting allocations and the maintenance loop when a node's pool, ENIs or provisioning change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from chassis.kv import KvCache, Store, Versioned
+from chassis.service import ServiceProcess
+from schemas.base import Contract, from_subject_token, subject_token
+from schemas.records import CceEndpoint, Eni, EniProvision, NetResourceSet, NodePool, NodeSpec
+from schemas.subjects import ENDPOINTS, ENIS, NODES, POOLS, PROVISION
+from services.ipam.domain import NodeFacts
+
+T = TypeVar("T", bound=Contract)
+Listener = Callable[[str], None]
+
+
+def node_key(node: str) -> str:
+    """The key of a node's NetResourceSet and NodePool."""
+    return subject_token(node)
+
+
+class ByNode(Generic[T]):
+    """Records of a bucket grouped by the node they belong to, kept current from the bucket's watch."""
+
+    def __init__(self, node_of: Callable[[T], str]) -> None:
+        self._node_of = node_of
+        self._by_node: dict[str, dict[str, T]] = {}
+        self._owner: dict[str, str] = {}
+
+    def load(self, items: dict[str, Versioned[Any]]) -> set[str]:
+        self._by_node.clear()
+        self._owner.clear()
+        for key, item in items.items():
+            self.apply(key, item)
+        return set(self._by_node)
+
+    def apply(self, key: str, item: Versioned[Any] | None) -> set[str]:
+        """Record a change; returns the nodes it touched (an ENI moving between nodes touches both)."""
+        touched = set()
+        old = self._owner.pop(key, None)
+        if old is not None:
+            touched.add(old)
+            records = self._by_node.get(old, {})
+            records.pop(key, None)
+            if not records:
+                self._by_node.pop(old, None)
+        if item is not None:
+            node = self._node_of(item.value)
+            self._owner[key] = node
+            self._by_node.setdefault(node, {})[key] = item.value
+            touched.add(node)
+        return touched
+
+    def of(self, node: str) -> dict[str, T]:
+        return dict(self._by_node.get(node, {}))
+
+    def nodes(self) -> set[str]:
+        return set(self._by_node)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` seconds have passed, whichever is first.
+
+    `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 the latter can swallow a cancellation that arrives
+    as the event is set, and a loop waiting that way would then never stop."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+
+
+class NodeSignals:
+    """One event per node, set (and replaced) on every change: take it before looking, then wait on it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def current(self, node: str) -> asyncio.Event:
+        return self._events.setdefault(node, asyncio.Event())
+
+    def fire(self, node: str) -> None:
+        event = self._events.pop(node, None)
+        if event is not None:
+            event.set()
+
+
+@dataclass
+class Stores:
+    nodes: Store[NetResourceSet]
+    pools: Store[NodePool]
+    endpoints: Store[CceEndpoint]
+
+
+class IpamState:
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.enis: ByNode[Eni] = ByNode(lambda e: e.node)
+        self.provisions: ByNode[EniProvision] = ByNode(lambda p: p.node)
+        self.endpoints: ByNode[CceEndpoint] = ByNode(lambda ep: ep.node)
+        self.signals = NodeSignals()
+        self.listeners: list[Listener] = []
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._nodes: KvCache[NetResourceSet] | None = None
+        self._pools: KvCache[NodePool] | None = None
+
+    @classmethod
+    async def open(cls, proc: ServiceProcess) -> IpamState:
+        state = cls(Stores(await proc.store(NODES), await proc.store(POOLS), await proc.store(ENDPOINTS)))
+        await state._watch(proc)
+        return state
+
+    async def _watch(self, proc: ServiceProcess) -> None:
+        self._nodes = await proc.cache(NODES, self._keyed_change)
+        self._pools = await proc.cache(POOLS, self._keyed_change)
+        for bucket, index in ((ENIS, self.enis), (PROVISION, self.provisions), (ENDPOINTS, self.endpoints)):
+            cache = await proc.cache(bucket, self._indexed_change(index))
+            index.load(cache.items)
+
+    # ---- change notifications --------------------------------------------------------------------------------
+
+    def _keyed_change(self, key: str, _item: Versioned[Any] | None) -> None:
+        self.touch(from_subject_token(key))
+
+    def _indexed_change(self, index: ByNode[Any]) -> Callable[[str, Versioned[Any] | None], None]:
+        def on_change(key: str, item: Versioned[Any] | None) -> None:
+            for node in index.apply(key, item):
+                self.touch(node)
+
+        return on_change
+
+    def touch(self, node: str) -> None:
+        """Something about `node` changed: wake its waiting allocations and tell the listeners."""
+        self.signals.fire(node)
+        for listener in self.listeners:
+            listener(node)
+
+    # ---- reads -------------------------------------------------------------------------------------------------
+
+    def lock(self, node: str) -> asyncio.Lock:
+        """Serialises this replica's compare-and-set attempts on a node's pool (replicas race by CAS)."""
+        return self._locks.setdefault(node, asyncio.Lock())
+
+    def forget(self, node: str) -> None:
+        self._locks.pop(node, None)
+
+    def nrs(self, node: str) -> NetResourceSet | None:
+        assert self._nodes is not None
+        return self._nodes.get(node_key(node))
+
+    def pool(self, node: str) -> NodePool | None:
+        assert self._pools is not None
+        return self._pools.get(node_key(node))
+
+    def known_nodes(self) -> set[str]:
+        assert self._nodes is not None and self._pools is not None
+        return {v.name for v in self._nodes.values()} | {p.node for p in self._pools.values()}
+
+    def provision(self, node: str) -> EniProvision | None:
+        return next(iter(self.provisions.of(node).values()), None)
+
+    def facts(self, node: str, spec: NodeSpec) -> NodeFacts:
+        return NodeFacts(node=node, spec=spec, enis=tuple(self.enis.of(node).values()),
+                         provision=self.provision(node))
