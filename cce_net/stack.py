@@ -121,7 +121,8 @@ class LocalStack:
         self.write_state(ready=False)
         self._wait_healthy(timeout)
         if self.sim_url:
-            ensure_sim_nodes(self.sim_url, self.nodes, self.mode)
+            instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode)
+            register_nodes(self.url, instances, self.mode, timeout)
         self.write_state(ready=True)
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -206,18 +207,56 @@ NODE_CPUS = 8
 NODE_MEMORY_MIB = 32768
 
 
-def ensure_sim_nodes(sim_url: str, nodes: int, mode: str) -> list[str]:
-    """Create the simulated instances `node-1` .. `node-N` that do not exist yet; returns their names."""
+def ensure_sim_nodes(sim_url: str, nodes: int, mode: str) -> list[dict[str, Any]]:
+    """Create the simulated instances `node-1` .. `node-N` that do not exist yet; returns them (BCE JSON)."""
     from services.vpc_sim.admin import SimAdminSync
 
     admin = SimAdminSync(sim_url)
-    existing = {inst.get("name") for inst in admin.info().get("instances", [])}
+    by_name = {inst.get("name"): inst for inst in admin.info().get("instances", [])}
     kind = "BBC" if mode == "vpc-eni-primary" else "BCC"
-    names = [f"node-{i}" for i in range(1, nodes + 1)]
-    for name in names:
-        if name not in existing:
-            admin.create_instance(name=name, instance_type=kind, cpus=NODE_CPUS, memory_mib=NODE_MEMORY_MIB)
-    return names
+    wanted = []
+    for name in (f"node-{i}" for i in range(1, nodes + 1)):
+        if name not in by_name:
+            by_name[name] = admin.create_instance(name=name, instance_type=kind, cpus=NODE_CPUS,
+                                                  memory_mib=NODE_MEMORY_MIB)
+        wanted.append(by_name[name])
+    return wanted
+
+
+def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, timeout: float) -> None:
+    """Register each simulated instance as a node with ipam, as a node's agent does when it starts."""
+    import asyncio
+
+    from chassis.bus import Bus
+    from chassis.config import ChassisSettings
+    from chassis.rpc import call
+    from schemas.errors import CceError
+    from schemas.messages import NodeRegisterRequest
+    from schemas.subjects import NODE_REGISTER
+
+    async def register_all() -> None:
+        bus = await Bus.connect(ChassisSettings(nats_url=nats_url), name="cce-net-up")
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            for inst in instances:
+                req = NodeRegisterRequest(
+                    node=inst["name"], instance_id=inst["id"], instance_type=inst["instanceType"],
+                    zone=inst["zoneName"], cpus=inst["cpuCount"], memory_mib=int(inst["memoryCapacityInGB"]) * 1024,
+                    mode=mode, primary_ip=inst["internalIp"], primary_mac=inst["nicInfo"]["macAddress"],
+                )
+                while True:
+                    try:
+                        await call(bus, NODE_REGISTER, req, timeout=5)
+                        break
+                    except CceError as err:
+                        if not err.retryable or loop.time() > deadline:
+                            raise StackError(f"registering {req.node} failed: {err}") from None
+                        await asyncio.sleep(0.2)
+        finally:
+            await bus.close()
+
+    asyncio.run(register_all())
 
 
 def _port_free(port: int) -> bool:

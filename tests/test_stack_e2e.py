@@ -57,15 +57,26 @@ def test_svc_ls_lists_every_running_service(stack: Path) -> None:
     assert "eni_manager" in table
 
 
-def test_status_reads_the_buckets(stack: Path) -> None:
-    result = cce_net("status", "--json", state_dir=stack)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
-    assert data["nodes"] == []
-    assert data["endpoints"] == []
-    leaders = {item["service"] for item in data["leaders"]}
-    assert leaders == {"eni_manager", "route_manager"}
-    assert "Nodes" in cce_net("status", state_dir=stack).stdout
+def test_status_shows_both_nodes_with_their_pools_filled(stack: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        result = cce_net("status", "--json", state_dir=stack)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        pools = {p["node"]: p for p in data["pools"]}
+        if set(pools) == {"node-1", "node-2"} and all(p["free"] >= 10 for p in pools.values()):
+            break
+        assert time.monotonic() < deadline, f"pools did not fill: {pools}"
+        time.sleep(0.5)
+    for pool in pools.values():
+        assert pool["mode"] == "vpc-eni"
+        assert pool["used"] == 0
+        assert pool["enis"][0]["state"] == "inuse"
+        assert len(pool["enis"][0]["ips"]) >= 10
+    assert {item["service"] for item in data["leaders"]} >= {"eni_manager", "route_manager"}
+    table = cce_net("status", state_dir=stack).stdout
+    assert "Pools" in table
+    assert "node-2" in table
 
 
 def test_events_prints_what_the_services_published(stack: Path) -> None:
