@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
@@ -178,7 +177,8 @@ class KvCache(Generic[T]):
 
     async def start(self, timeout: float = 10.0) -> None:
         self._task = asyncio.create_task(self._run(), name=f"kv-cache-{self.store.bucket}")
-        await asyncio.wait_for(self._synced.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._synced.wait()
 
     async def restart(self) -> None:
         """Re-watch from scratch (after a reconnect): the next initial load replaces the view."""
@@ -194,8 +194,8 @@ class KvCache(Generic[T]):
             self._task = None
 
     async def wait_for(self, predicate: Callable[[dict[str, Versioned[T]]], bool], timeout: float) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.items)), timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.items))
 
     async def _emit(self, key: str, item: Versioned[T] | None) -> None:
         if self._on_change is not None:
@@ -222,10 +222,8 @@ class KvCache(Generic[T]):
         loading: dict[str, Versioned[T]] | None = {}
         try:
             while True:
-                try:
-                    entry = await watcher.updates(timeout=30.0)
-                except nats.errors.TimeoutError:
-                    continue
+                # no wait_for here: on Python 3.11 it can swallow the cancellation that stops this loop
+                entry = await anext(watcher)
                 if entry is None:  # end of the initial values
                     if loading is not None:
                         await self._replace(loading)

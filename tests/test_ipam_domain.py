@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -52,7 +53,7 @@ def eni(index: int, n_ips: int, *, node: str = NODE, state: EniState = EniState.
 
 def spec(**pool: object) -> NodeSpec:
     return NodeSpec(instance_id="i-1", instance_type="BCC", zone="zoneA", cpus=8, memory_mib=16384, max_pods=110,
-                    pool=PoolSettings(**pool))  # type: ignore[arg-type]
+                    pool=PoolSettings(**pool))
 
 
 def facts(*enis: Eni, provision: EniProvision | None = None, **pool: object) -> domain.NodeFacts:
@@ -96,7 +97,7 @@ def test_quota_prefers_eni_manager_then_the_node_override_then_the_fallback() ->
 ])
 def test_target_is_clamped_max_of_min_allocate_and_used_pending_pre_allocate(
         used: int, pending: int, cooling: int, pool: dict[str, int], upper: int, target: int) -> None:
-    assert wm.target_ips(used, pending, PoolSettings(**pool), upper, cooling=cooling) == target  # type: ignore[arg-type]
+    assert wm.target_ips(used, pending, PoolSettings(**pool), upper, cooling=cooling) == target
 
 
 @pytest.mark.parametrize(("target", "existing", "per_eni", "rounded"), [
@@ -123,7 +124,7 @@ def test_burstable_rounds_up_to_full_enis(target: int, existing: list[int], per_
 ])
 def test_excess_is_what_lies_above_the_watermark_and_min_allocate(
         available: int, free: int, used: int, pending: int, pool: dict[str, object], excess: int) -> None:
-    settings = PoolSettings(**pool)  # type: ignore[arg-type]
+    settings = PoolSettings(**pool)
     target = wm.target_ips(used, pending, settings, 110)
     keep = wm.keep_ips(target, used, 0, pending, settings)
     assert wm.excess_ips(available, free, keep, settings) == excess
@@ -148,7 +149,7 @@ def test_free_ips_are_the_secondaries_of_in_use_secondary_ip_enis_of_the_node_in
 def test_allocated_cooling_and_releasing_ips_are_not_free() -> None:
     pool = NodePool(node=NODE, allocated={"10.0.1.100": "k1"},
                     cooldown={"10.0.1.101": T0 + secs(5), "10.0.1.102": T0 - secs(1)},
-                    releasing={"10.0.1.103": {"eni_id": "eni-node-1-1"}})  # type: ignore[dict-item]
+                    releasing={"10.0.1.103": {"eni_id": "eni-node-1-1"}})
     view = domain.PoolView(pool, facts(eni(1, 5)), T0)
     assert [str(s.ip) for s in view.free_slots] == ["10.0.1.102", "10.0.1.104"]  # .102's cooldown is over
     assert (view.used, view.cooling, view.free, view.available) == (1, 1, 2, 4)
@@ -186,6 +187,16 @@ def test_a_waiting_claim_is_recorded_and_counted_as_pending_until_it_gets_an_ip(
     assert got.slot is not None and got.pool.waiting == {} and got.pool.demand.pending == 0
     no_wait = domain.claim_ip(NodePool(node=NODE), node, "k2", T0, wait=False)
     assert no_wait.pool.waiting == {}
+
+
+def test_a_resumed_wait_overtaken_by_a_release_of_its_key_is_cancelled() -> None:
+    node = facts()
+    waiting = domain.claim_ip(NodePool(node=NODE), node, "k1", T0, wait=True).pool
+    released, _ = domain.release_ip(waiting, "k1", 30, T0)
+    filled = facts(eni(1, 3))
+    cancelled = domain.claim_ip(released, filled, "k1", T0, wait=True, resume=True)
+    assert cancelled.cancelled and cancelled.slot is None and not cancelled.changed
+    assert domain.claim_ip(waiting, filled, "k1", T0, wait=True, resume=True).slot is not None
 
 
 def test_a_node_at_max_pods_refuses_at_once() -> None:
@@ -290,7 +301,7 @@ def test_expired_orphan_and_stray_endpoints_are_found() -> None:
 
 
 def provision(**kw: object) -> EniProvision:
-    return EniProvision(node=NODE, instance_id="i-1", **kw)  # type: ignore[arg-type]
+    return EniProvision(node=NODE, instance_id="i-1", **kw)
 
 
 @pytest.mark.parametrize(("prov", "used", "reason", "words"), [
@@ -340,8 +351,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.keys = 0
         self.released_at: dict[str, datetime] = {}  # IP -> when it was freed (cooldown 10 s)
         self.deleted: set[str] = set()
-        self.settings = {"pre_allocate": 1, "max_above_watermark": 2, "min_allocate": 2, "release_delay_s": 3,
-                         "cooldown_s": 10, "max_allocate": 12}
+        self.settings: dict[str, Any] = {"pre_allocate": 1, "max_above_watermark": 2, "min_allocate": 2,
+                                         "release_delay_s": 3, "cooldown_s": 10, "max_allocate": 12}
         self.write(domain.refresh_demand(NodePool(node=NODE), self.node, self.now))
 
     @property

@@ -333,6 +333,19 @@ async def test_a_waiting_allocation_is_counted_in_the_demand_and_removed_when_it
     await watch.until_pool(lambda p: not p.waiting and p.demand.target_ips == 0)
 
 
+async def test_a_release_overtaking_a_waiting_allocation_of_the_same_key_cancels_it(
+        ipam: Replica, bus: Bus, watch: Watch, double: EniDouble) -> None:
+    await register(bus, pool=PoolSettings(min_allocate=0, pre_allocate=0))
+    lingering = asyncio.create_task(allocate(bus, "c1", wait_s=10))  # its client gave up; the pod is deleted
+    await watch.until_pool(lambda p: p.demand.pending == 1)
+    assert not (await release(bus, "c1")).released
+    await double.attach_eni(NODE, 2)
+    err = await refused(lingering)
+    assert err.reason is ErrorReason.CONFLICT and "released" in err.message
+    pool = await watch.until_pool(lambda p: not p.waiting)
+    assert pool.allocated == {}
+
+
 async def test_a_restarted_replica_rebuilds_from_the_buckets_and_allocations_stay_idempotent(
         replicas: StartReplica, bus: Bus, watch: Watch, double: EniDouble) -> None:
     first = await replicas("ipam-a")

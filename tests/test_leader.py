@@ -118,7 +118,7 @@ async def test_leader_killed_with_sigkill_is_replaced_within_the_lease_ttl(
         took = time.monotonic() - killed_at
         # the lease was renewed at most TTL/3 before the kill, so the takeover lands within one TTL
         # of the kill (plus the standby's poll step and process scheduling on a loaded machine)
-        assert took < TTL + TTL / 2, f"handover took {took:.2f}s"
+        assert took < TTL * 2, f"handover took {took:.2f}s"
         assert b"became leader" in (tmp_path / f"{other}.log").read_bytes()
     finally:
         for p in procs.values():

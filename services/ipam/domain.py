@@ -222,6 +222,7 @@ class Claim:
     slot: IpSlot | None = None
     reused: bool = False
     at_max: bool = False
+    cancelled: bool = False
     next_cooldown_end: datetime | None = None
 
 
@@ -229,13 +230,16 @@ def is_at_max_pods(used: int, upper: int) -> bool:
     return used >= upper
 
 
-def claim_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime, wait: bool) -> Claim:
+def claim_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime, wait: bool, resume: bool = False) -> Claim:
     """Allocate for `key`; when nothing is free and the caller will wait, record it in `waiting` so the demand
-    counts it (the pending surge)."""
+    counts it (the pending surge). A caller resuming a wait whose entry is gone while its key holds nothing was
+    overtaken by a release of that key: it is cancelled rather than claiming an IP nobody will free."""
     held = held_slot(pool, facts, key)
     if held is not None:
         new = drop_waiting(pool, facts, key, now)
         return Claim(new, not same_pool(pool, new), held, reused=True)
+    if resume and key not in pool.waiting:
+        return Claim(pool, False, cancelled=True)
     if is_at_max_pods(len(pool.allocated), facts.max_allocate):
         new = drop_waiting(pool, facts, key, now)
         return Claim(new, not same_pool(pool, new), at_max=True)

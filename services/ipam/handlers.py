@@ -145,7 +145,11 @@ class IpamHandlers:
         try:
             while True:
                 changed = self.state.signals.current(nrs.name)
-                claim = await self.ops.claim(nrs, key, wait=wait_s > 0)
+                claim = await self.ops.claim(nrs, key, wait=wait_s > 0, resume=waiting)
+                if claim.cancelled:
+                    waiting = False
+                    raise CceError(ErrorReason.CONFLICT, f"{key} was released while its allocation waited",
+                                   node=nrs.name, key=key)
                 waiting = wait_s > 0 and claim.slot is None and not claim.at_max
                 remaining = deadline - loop.time()
                 if claim.slot is not None or claim.at_max or remaining <= 0:

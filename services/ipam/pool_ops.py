@@ -28,13 +28,13 @@ class PoolOps:
         async with self.state.lock(node):
             await self.state.stores.pools.mutate(node_key(node), change)
 
-    async def claim(self, nrs: NetResourceSet, key: str, wait: bool) -> domain.Claim:
+    async def claim(self, nrs: NetResourceSet, key: str, wait: bool, resume: bool = False) -> domain.Claim:
         """One attempt to give `key` an IP on the node (or find the one it holds)."""
         node, outcome = nrs.name, list[domain.Claim]()
 
         def change(pool: NodePool | None) -> NodePool | _Keep:
             claim = domain.claim_ip(pool or NodePool(node=node), self.state.facts(node, nrs.spec), key,
-                                    self.clock(), wait)
+                                    self.clock(), wait, resume)
             outcome[:] = [claim]
             return claim.pool if claim.changed or pool is None else KEEP
 
