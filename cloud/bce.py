@@ -72,7 +72,7 @@ class BceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CCE_CLOUD_", extra="ignore")
 
-    endpoint: str = Field("", description="e.g. http://127.0.0.1:8080; empty: bcc.<region>.baidubce.com")
+    endpoint: str = Field("", description="the cloud API, e.g. bcc.bj.baidubce.com or the simulator's URL; required")
     access_key: str = ""
     secret_key: SecretStr = SecretStr("")
     region: str = "bj"
@@ -88,7 +88,10 @@ class BceSettings(BaseSettings):
 
     @property
     def resolved_endpoint(self) -> str:
-        return self.endpoint or f"bcc.{self.region}.baidubce.com"
+        """Never a default: a process without CCE_CLOUD_ENDPOINT must not reach out to any cloud."""
+        if not self.endpoint:
+            raise ValueError("CCE_CLOUD_ENDPOINT is not set: name the cloud API endpoint (or the simulator's URL)")
+        return self.endpoint
 
 
 @dataclass(frozen=True)
