@@ -128,7 +128,8 @@ class Store(Generic[T]):
     async def list(self, prefix: str = "") -> dict[str, Versioned[T]]:
         """Every decodable record, optionally under a key prefix ending in '.'."""
         pattern = f"{prefix}>" if prefix else ">"
-        watcher = await self.kv.watch(pattern, ignore_deletes=True)
+        # a short inactivity threshold: the server drops this one-shot consumer soon after we stop reading
+        watcher = await self.kv.watch(pattern, ignore_deletes=True, inactive_threshold=2.0)
         out: dict[str, Versioned[T]] = {}
         try:
             while True:
