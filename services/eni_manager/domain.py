@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.errors import ErrorReason
+from schemas.quotas import ips_per_eni_by_memory, max_enis_by_cpus
 from schemas.records import Eni, EniState, EniUse, NetResourceSet, NodePool, NodeSpec, ReleaseState, Subnet
 
 BATCH = 10  # IPs per add/remove call (the cloud's limit)
-DEFAULT_MAX_ENIS = 8  # fallback ENI quota: min(cpus, 8)
 PENDING_STATES = (EniState.AVAILABLE, EniState.ATTACHING)
 COUNTED_STATES = (EniState.INUSE, EniState.ATTACHING)  # their secondaries count toward the node's current IPs
 MIN_FREE_FOR_NEW_ENI = 2  # a new ENI takes its primary IP and needs room for at least one pod IP
@@ -34,20 +34,6 @@ class Quota:
         return max(self.ips_per_eni - 1, 0)
 
 
-def ips_per_eni_by_memory(memory_mib: int) -> int:
-    """The reference system's IPs per ENI by instance memory (primary included)."""
-    gib = memory_mib / 1024
-    if gib < 2:
-        return 2
-    if gib <= 8:
-        return 8
-    if gib <= 32:
-        return 16
-    if gib <= 64:
-        return 30
-    return 40
-
-
 def node_quota(spec: NodeSpec, eni_quota: int | None) -> Quota:
     """The node's overrides win; else the instance's ENI quota (when the cloud told us one); else min(cpus, 8)."""
     if spec.max_enis is not None:
@@ -55,7 +41,7 @@ def node_quota(spec: NodeSpec, eni_quota: int | None) -> Quota:
     elif eni_quota:
         max_enis = eni_quota
     else:
-        max_enis = min(spec.cpus, DEFAULT_MAX_ENIS)
+        max_enis = max_enis_by_cpus(spec.cpus)
     ips = spec.ips_per_eni if spec.ips_per_eni is not None else ips_per_eni_by_memory(spec.memory_mib)
     return Quota(max_enis, ips)
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from schemas.quotas import MAX_ENIS_FALLBACK, ips_per_eni_by_memory
 from schemas.records import EniProvision, NodeSpec, PoolSettings
-
-MAX_ENIS_FALLBACK = 8
-MIB_PER_GIB = 1024
-# IPs per ENI (its primary included) by the instance's memory: (up to GiB, IPs); above the last, 40.
-IPS_PER_ENI_BY_MEMORY: tuple[tuple[float, int], ...] = ((2, 2), (8, 8), (32, 16), (64, 30))
-IPS_PER_ENI_MAX = 40
 
 
 @dataclass(frozen=True)
@@ -31,17 +26,6 @@ class Quota:
     @property
     def max_secondaries(self) -> int:
         return self.max_enis * self.secondaries_per_eni
-
-
-def ips_per_eni_by_memory(memory_mib: int) -> int:
-    """<2 GiB 2, ≤8 GiB 8, ≤32 GiB 16, ≤64 GiB 30, else 40."""
-    gib = memory_mib / MIB_PER_GIB
-    if gib < IPS_PER_ENI_BY_MEMORY[0][0]:
-        return IPS_PER_ENI_BY_MEMORY[0][1]
-    for limit, ips in IPS_PER_ENI_BY_MEMORY[1:]:
-        if gib <= limit:
-            return ips
-    return IPS_PER_ENI_MAX
 
 
 def eni_quota(spec: NodeSpec, provision: EniProvision | None) -> Quota:
