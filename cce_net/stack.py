@@ -65,11 +65,13 @@ class LocalStack:
     def plan(self) -> list[Proc]:
         logs = self.state_dir / "logs"
         return [
-            Proc(svc, i + 1, free_port(), logs / f"{svc.name}-{i + 1}.log")
-            for svc in SERVICES
-            if not svc.per_node
-            for i in range(svc.replicas)
+            Proc(svc, i + 1, port, logs / f"{svc.name}-{i + 1}.log")
+            for (svc, i), port in zip(self._instances(), _distinct_free_ports(len(self._instances())), strict=True)
         ]
+
+    @staticmethod
+    def _instances() -> list[tuple[ServiceDef, int]]:
+        return [(svc, i) for svc in SERVICES if not svc.per_node for i in range(svc.replicas)]
 
     @property
     def sim_url(self) -> str:
@@ -129,7 +131,8 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         waiting = list(self.procs)
         while waiting:
-            waiting = [p for p in waiting if not _healthy(p.http_port)]
+            # alive first: a process that lost its port must not pass on another's health
+            waiting = [p for p in waiting if not (p.alive and _healthy(p.http_port))]
             dead = [p for p in waiting if not p.alive]
             if dead:
                 raise StackError(f"{dead[0].id} exited during start-up; see {dead[0].log}")
@@ -257,6 +260,16 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
             await bus.close()
 
     asyncio.run(register_all())
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    """`count` different free ports (a port just released can be handed out again by the kernel)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _port_free(port: int) -> bool:
