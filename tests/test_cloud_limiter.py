@@ -9,24 +9,9 @@ import pytest
 
 from cloud.limiter import DEFAULT_LIMITS, RateLimits, TokenBucket
 from cloud.port import CloudApi
+from tests.fake_clock import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    """A clock that only moves when told, or when someone sleeps on it (one sleeper at a time)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class StillClock(FakeClock):

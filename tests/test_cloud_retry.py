@@ -8,7 +8,6 @@ transport exception of the last attempt.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import json
@@ -26,6 +25,7 @@ from cloud.port import CloudApi, VpcApi
 from schemas.base import InstanceType
 from schemas.errors import CceError, ErrorReason
 from schemas.records import EniState
+from tests.fake_clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -189,20 +189,6 @@ class FakeCloud:
         self._enter("delete_route", (route_rule_id,), kw)
         del self.rules[route_rule_id]
         return reply({})
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 SEED = 7

@@ -19,19 +19,9 @@ from services.vpc_sim.faults import (
     TokenBucket,
     sample_latency_s,
 )
+from tests.fake_clock import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def takes(bucket: TokenBucket, n: int) -> list[bool]:
