@@ -14,7 +14,8 @@ routes and sysctls, which are diffed against what the kernel reports, and only t
 pyroute2 calls of the simulator live in this module; pyroute2 is imported lazily so importing this module is cheap
 and works where pyroute2 is absent (``Fabric.available`` then says why). Nothing forks: a network namespace is
 entered by a short-lived thread (setns/unshare move only the calling thread), which creates named namespaces, opens
-rtnetlink sockets inside them (then driven by ``AsyncIPRoute`` on the event loop) and writes /proc/sys there.
+rtnetlink sockets inside them (then driven by ``AsyncIPRoute`` on the event loop) and writes /proc/sys there; those
+primitives live in ``chassis.netns`` (whose NetnsError the fabric reports as FabricError).
 
 Conventions: ``NicSpec.private_ips[0]`` is the NIC's primary IP. A route rule whose next-hop instance is not in the
 spec is not installed (the cloud may hold such a rule; there is nowhere to send it). Namespaces are named
@@ -25,18 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import errno
 import hashlib
 import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
+from chassis import netns
 from chassis.logs import get_logger
+from chassis.netns import EXISTS as _EXISTS
+from chassis.netns import GONE as _GONE
+from chassis.netns import NetnsError
 
 log = get_logger("vpc_sim.fabric")
 
@@ -48,15 +51,10 @@ IFF_UP = 0x1
 PRIMARY_IFNAME = "eth0"
 ROUTER_NS_SUFFIX = "vpc"
 
-NETLINK_ROUTE = 0
-CLONE_NEWNET = 0x40000000
-_T = TypeVar("_T")
-
-_GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
-_EXISTS = frozenset({errno.EEXIST})
 
 
-class FabricError(Exception):
+
+class FabricError(NetnsError):
     """A fabric operation failed; the message says what was being done and why."""
 
 
@@ -357,26 +355,13 @@ def _route_matches(route: RouteState, want: DesiredRoute, oif: int | None) -> bo
 
 async def _nl(what: str, aw: Awaitable[Any], ok: frozenset[int] = frozenset()) -> Any:
     """Await a netlink call; errno in `ok` is success (returns None); anything else becomes a FabricError."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        return await aw
-    except NetlinkError as exc:
-        if exc.code in ok:
-            return None
-        raise FabricError(f"{what}: {os.strerror(exc.code)} (errno {exc.code})") from exc
-    except OSError as exc:
-        if exc.errno in ok:
-            return None
-        raise FabricError(f"{what}: {exc}") from exc
+    with _as_fabric_error():
+        return await netns.nl(what, aw, ok)
 
 
 async def _dump(what: str, call: Callable[[], Awaitable[Any]]) -> list[Any]:
-    async def collect() -> list[Any]:
-        return [msg async for msg in await call()]
-
-    result: list[Any] = await _nl(what, collect())
-    return result
+    with _as_fabric_error():
+        return await netns.dump(what, call)
 
 
 def _link_state(msg: Any) -> LinkState:
@@ -422,131 +407,44 @@ async def _addresses(ipr: Any, ns: str) -> dict[int, set[tuple[str, int]]]:
     return out
 
 
-def _in_fresh_thread(work: Callable[[], _T], what: str) -> _T:
-    """Run `work` in a new thread and return its result. Namespace changes (setns/unshare of the network
-    namespace) affect only the calling thread, and /proc/sys/net follows the thread's namespace; the thread then
-    dies, so nothing else ever runs in a namespace it entered. No fork: cheaper than pyroute2's netns helpers and
-    safe in a process full of threads."""
-    result: list[_T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(work())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name=f"fabric-{what}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        if isinstance(failure[0], FabricError):
-            raise failure[0]
-        raise FabricError(f"{what}: {failure[0]}") from failure[0]
-    return result[0]
-
-
-def _enter(ns: str) -> None:
-    from pyroute2 import netns
-
-    netns.setns(ns, flags=0)  # flags=0: never create it implicitly
+@contextlib.contextmanager
+def _as_fabric_error() -> Iterator[None]:
+    """The namespace primitives (chassis.netns) raise NetnsError; the fabric's callers get a FabricError."""
+    try:
+        yield
+    except FabricError:
+        raise
+    except NetnsError as exc:
+        raise FabricError(str(exc)) from exc
 
 
 def _open_sockets(namespaces: list[str]) -> dict[str, int]:
-    """File descriptors of rtnetlink sockets living in each namespace (a socket stays in the namespace it was
-    created in)."""
-
-    def work() -> dict[str, int]:
-        fds: dict[str, int] = {}
-        try:
-            for ns in namespaces:
-                _enter(ns)
-                fds[ns] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach()
-        except BaseException:
-            for fd in fds.values():
-                os.close(fd)
-            raise
-        return fds
-
-    return _in_fresh_thread(work, "open netlink sockets")
+    """File descriptors of rtnetlink sockets living in each namespace."""
+    with _as_fabric_error():
+        return netns.open_socket_fds(namespaces)
 
 
 def _adopt(fds: Mapping[str, int], stack: contextlib.AsyncExitStack) -> dict[str, Any]:
-    """An AsyncIPRoute per socket fd, closed by `stack`. pyroute2 adopts a `fileno` lazily, on first access of
-    `.socket` (it dups the fd and closes the original); touching it at once makes ipr.close() the only release."""
-    from pyroute2 import AsyncIPRoute
-
-    handles: dict[str, Any] = {}
-    pending = dict(fds)
-    try:
-        for ns, fd in fds.items():
-            ipr = AsyncIPRoute(fileno=fd)
-            stack.callback(ipr.close)
-            ipr.socket  # noqa: B018 -- adopt the fd now
-            del pending[ns]
-            handles[ns] = ipr
-    finally:
-        for fd in pending.values():
-            os.close(fd)
-    return handles
+    return netns.adopt(fds, stack)
 
 
 def _write_sysctls(ns: str, values: Mapping[str, str]) -> list[str]:
-    def work() -> list[str]:
-        _enter(ns)
-        changed: list[str] = []
-        for key, value in values.items():
-            path = f"/proc/sys/{key}"
-            with open(path) as fh:
-                current = fh.read().strip()
-            if current != value:
-                with open(path, "w") as fh:
-                    fh.write(value)
-                changed.append(f"{ns}: sysctl {key}={value}")
-        return changed
-
-    return _in_fresh_thread(work, f"sysctls in {ns}")
+    with _as_fabric_error():
+        return netns.write_sysctls(ns, values)
 
 
 def _list_namespaces(prefix: str) -> list[str]:
-    from pyroute2 import netns
-
-    return sorted(n for n in netns.listnetns() if n.startswith(f"{prefix}-"))
+    return netns.list_namespaces(f"{prefix}-")
 
 
 def _create_namespaces(names: list[str]) -> None:
-    """Create named network namespaces like `ip netns add`: the thread unshares a new network namespace and pyroute2
-    bind-mounts it (via /proc/thread-self) onto /var/run/netns/<name>."""
-    from pyroute2 import netns
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def work() -> None:
-        for name in names:
-            if libc.unshare(CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise FabricError(f"create network namespace {name}: unshare: {os.strerror(code)}")
-            try:
-                netns.attach(name, "thread-self", libc=libc)
-            except FileExistsError:
-                continue  # its mount point appeared meanwhile (created concurrently): it exists, as wanted
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    netns.remove(name)  # do not leave an unmounted mount point behind
-                raise FabricError(f"create network namespace {name}: {exc}") from exc
-
-    _in_fresh_thread(work, "create network namespaces")
+    with _as_fabric_error():
+        netns.create_namespaces(names)
 
 
 def _remove_namespace(name: str) -> None:
-    from pyroute2 import netns
-
-    try:
-        netns.remove(name)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise FabricError(f"remove network namespace {name}: {exc}") from exc
+    with _as_fabric_error():
+        netns.remove_namespace(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
