@@ -1,0 +1,3 @@
+from services.cni_gateway.main import main
+
+main()

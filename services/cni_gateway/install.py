@@ -1,0 +1,140 @@
+"""Install the CNI plugin binary and the network configuration list, as a node agent does on start.
+
+The plugin goes to `<bin_dir>/cce` (mode 0755) with the shebang `#!<absolute interpreter> -IS` (isolated, no
+site: a Linux shebang passes everything after the interpreter as one argument, so the flags are joined). The
+conflist goes to `<conf_dir>/10-cce.conflist`:
+
+    {"cniVersion": "1.0.0", "name": "cce",
+     "plugins": [{"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1"},
+                 ...plugins already listed after ours (user-added), kept in order...,
+                 {"type": "portmap", "capabilities": {"portMappings": true}},
+                 {"type": "bandwidth", "capabilities": {"bandwidth": true}}]}
+
+Both are written atomically (temporary file + rename) and only when their content changes, so installing twice
+is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.cni_gateway.settings import DEFAULT_SOCKET
+
+PLUGIN_NAME = "cce"
+CONFLIST_NAME = "10-cce.conflist"
+NETWORK_NAME = "cce"
+CONF_VERSION = "1.0.0"
+PLUGIN_SOURCE = Path(__file__).with_name("plugin.py")
+# Chained plugins we know how to configure: their capabilities (the runtime fills runtimeConfig from them).
+CHAINABLE: dict[str, dict[str, Any]] = {
+    "portmap": {"type": "portmap", "capabilities": {"portMappings": True}},
+    "bandwidth": {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    "tuning": {"type": "tuning"},
+    "firewall": {"type": "firewall"},
+}
+
+
+class InstallError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Installed:
+    plugin: Path
+    conflist: Path
+    plugin_changed: bool
+    conflist_changed: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.plugin_changed or self.conflist_changed
+
+
+def default_interpreter() -> str:
+    """The real interpreter behind this process (a venv's python is a symlink; the plugin needs only the stdlib)."""
+    return os.path.realpath(sys.executable)
+
+
+def plugin_text(interpreter: str) -> str:
+    if not os.path.isabs(interpreter) or any(c.isspace() for c in interpreter):
+        raise InstallError(f"the plugin's interpreter must be an absolute path without spaces: {interpreter!r}")
+    source = PLUGIN_SOURCE.read_text()
+    body = source.split("\n", 1)[1] if source.startswith("#!") else source
+    return f"#!{interpreter} -IS\n{body}"
+
+
+def write_atomically(path: Path, content: str, mode: int) -> bool:
+    """Write `content` to `path` (mode `mode`) unless it is already there; True when the file changed."""
+    try:
+        if path.read_text() == content and (path.stat().st_mode & 0o7777) == mode:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def chain_entry(name: str) -> dict[str, Any]:
+    if name not in CHAINABLE:
+        raise InstallError(f"unknown chained plugin {name!r}; known: {', '.join(sorted(CHAINABLE))}")
+    copy: dict[str, Any] = json.loads(json.dumps(CHAINABLE[name]))
+    return copy
+
+
+def build_conflist(existing: dict[str, Any] | None, node: str, socket: Path | str,
+                   chain: Sequence[str]) -> dict[str, Any]:
+    """Our plugin first (with its socket and node), then the plugins already listed after it, then the chained
+    plugins asked for that are not there yet."""
+    conflist = dict(existing or {})
+    plugins = [p for p in conflist.get("plugins", []) if isinstance(p, dict)]
+    ours_before = next((p for p in plugins if p.get("type") == PLUGIN_NAME), {})
+    others = [p for p in plugins if p.get("type") != PLUGIN_NAME]
+    ours = {**ours_before, "type": PLUGIN_NAME, "socket": str(socket), "node": node}
+    present = {p.get("type") for p in others}
+    added = [chain_entry(name) for name in dict.fromkeys(chain) if name not in present]
+    conflist.update(cniVersion=CONF_VERSION, name=conflist.get("name") or NETWORK_NAME,
+                    plugins=[ours, *others, *added])
+    return {"cniVersion": conflist.pop("cniVersion"), "name": conflist.pop("name"), **conflist}
+
+
+def read_conflist(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        broken = path.with_name(path.name + ".invalid")
+        os.replace(path, broken)  # kept for the operator, replaced by a valid one
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def install_cni(bin_dir: Path, conf_dir: Path, node: str, socket: Path | str = DEFAULT_SOCKET,
+                chain: Sequence[str] = (), interpreter: str | None = None) -> Installed:
+    """Install (or update) `<bin_dir>/cce` and `<conf_dir>/10-cce.conflist`; idempotent."""
+    if not node:
+        raise InstallError("the node name is required")
+    for name in chain:
+        chain_entry(name)
+    plugin = Path(bin_dir) / PLUGIN_NAME
+    plugin_changed = write_atomically(plugin, plugin_text(interpreter or default_interpreter()), 0o755)
+    conflist_path = Path(conf_dir) / CONFLIST_NAME
+    conflist = build_conflist(read_conflist(conflist_path), node, socket, chain)
+    conflist_changed = write_atomically(conflist_path, json.dumps(conflist, indent=2) + "\n", 0o644)
+    return Installed(plugin, conflist_path, plugin_changed, conflist_changed)

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""The cce CNI plugin: the binary a container runtime execs for every pod (CNI spec 1.0.0, STATUS/GC of 1.1.0).
+
+A thin shim: VERSION is answered here; every other command is forwarded to the node's cni_gateway over its unix
+socket (one JSON request line, one JSON reply line) and the reply is printed as the CNI result or CNI error.
+It runs once per pod, so it imports only the standard library modules it needs; installed copies carry the
+shebang `#!<absolute interpreter> -I -S` (no site, no user environment).
+"""
+
+import json
+import os
+import socket
+import sys
+
+SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+CURRENT_VERSION = "1.1.0"
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
+ENV_KEYS = ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+DEFAULT_SOCKET = "/run/cce-net/cni.sock"
+CONNECT_TIMEOUT_S = 2.0
+# How long the gateway may take: an ADD may wait for the node's pool to refill, then program the node.
+REPLY_TIMEOUT_S = {"ADD": 90.0, "DEL": 60.0, "CHECK": 30.0, "STATUS": 10.0, "GC": 120.0}
+MAX_REPLY_BYTES = 1 << 20
+Json = dict[str, object]
+
+
+# CNI well-known error codes (spec 1.0.0 / 1.1.0).
+INCOMPATIBLE_VERSION = 1
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILED = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
+
+
+class PluginError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+def error_object(version: str, code: int, msg: str, details: str = "") -> Json:
+    return {"cniVersion": version, "code": code, "msg": msg, "details": details}
+
+
+def read_config(raw: str) -> Json:
+    try:
+        config = json.loads(raw)
+    except ValueError as err:
+        raise PluginError(DECODE_FAILED, "network configuration on stdin is not JSON", str(err)) from None
+    if not isinstance(config, dict):
+        raise PluginError(DECODE_FAILED, "network configuration on stdin is not a JSON object")
+    return config
+
+
+def version_reply() -> Json:
+    return {"cniVersion": CURRENT_VERSION, "supportedVersions": SUPPORTED_VERSIONS}
+
+
+def exchange(path: str, request: Json, timeout_s: float) -> Json:
+    """Send one request line to the gateway and return its decoded reply line."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        sock.connect(path)
+        sock.settimeout(timeout_s)
+        sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        chunks = []
+        size = 0
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.endswith(b"\n") or size > MAX_REPLY_BYTES:
+                break
+    finally:
+        sock.close()
+    data = b"".join(chunks)
+    if not data:
+        raise PluginError(IO_FAILURE, "the cni gateway closed the connection without a reply")
+    try:
+        reply = json.loads(data)
+    except ValueError as err:
+        raise PluginError(IO_FAILURE, "the cni gateway sent a reply that is not JSON", str(err)) from None
+    if not isinstance(reply, dict):
+        raise PluginError(IO_FAILURE, "the cni gateway sent a reply that is not a JSON object")
+    return reply
+
+
+def forward(command: str, config: Json, environ: dict[str, str]) -> Json:
+    """Run `command` through the gateway; returns the result object (empty for DEL/CHECK/STATUS/GC)."""
+    path = config.get("socket") or DEFAULT_SOCKET
+    request: Json = {"command": command, "env": {k: environ[k] for k in ENV_KEYS if k in environ}, "config": config}
+    try:
+        reply = exchange(str(path), request, REPLY_TIMEOUT_S[command])
+    except (FileNotFoundError, ConnectionRefusedError) as err:
+        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
+        raise PluginError(code, f"ServiceUnavailable: the cni gateway is not running (socket {path})",
+                          f"ServiceUnavailable: {err}") from None
+    except TimeoutError:
+        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
+        raise PluginError(code, f"Timeout: no reply from the cni gateway at {path}", "Timeout") from None
+    except OSError as err:
+        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
+        raise PluginError(code, f"ServiceUnavailable: cannot talk to the cni gateway at {path}: {err}",
+                          "ServiceUnavailable") from None
+    if reply.get("ok") is True:
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+    error = reply.get("error")
+    error_code = error.get("code") if isinstance(error, dict) else None
+    if not isinstance(error, dict) or not isinstance(error_code, int):
+        raise PluginError(IO_FAILURE, "the cni gateway sent an error reply without a code", json.dumps(reply)[:500])
+    raise PluginError(error_code, str(error.get("msg", "")), str(error.get("details", "")))
+
+
+def run(environ: dict[str, str], stdin: str) -> tuple[int, str]:
+    """The plugin's whole life: (exit code, what to print on stdout)."""
+    command = environ.get("CNI_COMMAND", "")
+    version = CURRENT_VERSION
+    try:
+        if command == "VERSION":
+            return 0, json.dumps(version_reply())
+        if command not in COMMANDS:
+            raise PluginError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of VERSION, {', '.join(COMMANDS)}")
+        config = read_config(stdin)
+        requested = config.get("cniVersion")
+        if isinstance(requested, str) and requested in SUPPORTED_VERSIONS:
+            version = requested
+        result = forward(command, config, environ)
+        return 0, json.dumps(result) if command == "ADD" else ""
+    except PluginError as err:
+        return 1, json.dumps(error_object(version, err.code, err.msg, err.details))
+
+
+def main() -> int:
+    if not os.environ.get("CNI_COMMAND"):
+        sys.stderr.write(f"cce CNI plugin; CNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n")
+    stdin = "" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.read()
+    code, output = run(dict(os.environ), stdin)
+    sys.stdout.write(output)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
