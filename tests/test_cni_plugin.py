@@ -1,0 +1,328 @@
+"""Component tier: the installed CNI plugin exec-ed like a runtime does, against the cni_gateway started in-process
+on a real nats-server, with stateful stand-ins for ipam and node_datapath on their bus subjects
+(tests/test_cni_fakes.py). Needs no root: the pod netns is the test process's own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from chassis.bus import Bus
+from chassis.config import ChassisSettings
+from chassis.kv import Store
+from schemas.errors import CceError, ErrorReason
+from schemas.records import CceEndpoint, EndpointAddress
+from schemas.subjects import ENDPOINTS, endpoint_key
+from services.cni_gateway.plugin import SUPPORTED_VERSIONS
+from tests.test_cni_fakes import GATEWAY_IP, NODE, SUBNET, Cni, cni_stack, own_netns, register_node
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def cni(settings: ChassisSettings, bus: Bus) -> AsyncIterator[Cni]:
+    async with cni_stack(settings, bus) as stack:
+        yield stack
+
+
+async def exchange_raw(path: Path, data: bytes, close_write: bool = True) -> dict[str, Any]:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(data)
+        await writer.drain()
+        if close_write:
+            writer.write_eof()
+        line = await asyncio.wait_for(reader.readline(), 5)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+    finally:
+        writer.close()
+
+
+# ---- VERSION and the install -------------------------------------------------------------------------------------
+
+
+async def test_version_is_answered_by_the_plugin_itself(cni: Cni) -> None:
+    await cni.gw.stop()  # no gateway needed
+    code, out = await cni.gw.exec("VERSION", stdin=b'{"cniVersion": "1.0.0"}')
+    assert code == 0
+    assert out == {"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}
+    assert {"0.4.0", "1.0.0", "1.1.0"} <= set(SUPPORTED_VERSIONS)
+
+
+async def test_the_plugin_is_installed_with_an_isolated_absolute_interpreter(cni: Cni) -> None:
+    first_line = cni.gw.plugin.read_text().splitlines()[0]
+    interpreter, flags = first_line[2:].split(" ")
+    assert os.path.isabs(interpreter) and os.access(interpreter, os.X_OK) and flags == "-IS"
+    assert stat.S_IMODE(cni.gw.plugin.stat().st_mode) == 0o755
+    conflist = json.loads((cni.gw.dir / "conf" / "10-cce.conflist").read_text())
+    assert conflist["plugins"][0] == {"type": "cce", "socket": str(cni.gw.socket), "node": NODE}
+
+
+async def test_the_socket_is_private_to_root(cni: Cni) -> None:
+    mode = cni.gw.socket.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+# ---- ADD ---------------------------------------------------------------------------------------------------------
+
+
+async def test_add_returns_a_100_result_and_records_a_ready_endpoint(cni: Cni) -> None:
+    code, result = await cni.gw.exec("ADD", container_id="c1")
+    assert code == 0, result
+    assert result is not None and result["cniVersion"] == "1.0.0"
+    assert [i["name"] for i in result["interfaces"]] == [cni.datapath.host_veth("c1", "eth0"), "eth0"]
+    assert result["interfaces"][1]["sandbox"] == own_netns()
+    assert result["ips"] == [{"address": f"{SUBNET[11]}/32", "gateway": str(GATEWAY_IP), "interface": 1}]
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": str(GATEWAY_IP)}]
+    assert cni.ipam.verbs("confirm") == ["c1"]
+    item = await cni.ipam.store.get(endpoint_key(NODE, "c1", "eth0"))
+    assert item is not None and item.value.pod == "pod-c1" and item.value.host_veth.startswith("cce")
+
+
+async def test_add_twice_for_the_same_container_returns_the_same_result(cni: Cni) -> None:
+    first = await cni.gw.exec("ADD", container_id="c2")
+    again = await cni.gw.exec("ADD", container_id="c2")
+    assert first[0] == 0 and first == again
+    assert len(await cni.ipam.keys()) == 1
+
+
+async def test_a_040_configuration_gets_a_040_result(cni: Cni) -> None:
+    code, result = await cni.gw.exec("ADD", container_id="c3", config=cni.gw.config("0.4.0"))
+    assert code == 0 and result is not None
+    assert result["cniVersion"] == "0.4.0"
+    assert result["ips"][0]["version"] == "4" and result["ips"][0]["interface"] == 1
+
+
+async def test_without_kubernetes_args_the_pod_is_named_after_the_container(cni: Cni) -> None:
+    code, _ = await cni.gw.exec("ADD", container_id="0123456789abcdef0123", env={"CNI_ARGS": None})
+    assert code == 0
+    item = await cni.ipam.store.get(endpoint_key(NODE, "0123456789abcdef0123", "eth0"))
+    assert item is not None and (item.value.namespace, item.value.pod) == ("default", "0123456789ab")
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("malformed stdin", {"stdin": b"{not json"}, 6, "not JSON"),
+    ("stdin not an object", {"stdin": b"[1]"}, 6, "not a JSON object"),
+    ("unknown cniVersion", {"version": "9.0.0"}, 1, "not supported"),
+    ("no CNI_CONTAINERID", {"env": {"CNI_CONTAINERID": None}}, 4, "CNI_CONTAINERID is missing"),
+    ("no CNI_NETNS", {"env": {"CNI_NETNS": None}}, 4, "CNI_NETNS is missing"),
+    ("no CNI_IFNAME", {"env": {"CNI_IFNAME": None}}, 4, "CNI_IFNAME is missing"),
+    ("netns does not exist", {"netns": "/run/netns/cce-no-such-netns"}, 3, "does not exist"),
+    ("netns is a plain file", {"netns": "FILE"}, 4, "is not a namespace"),
+    ("netns is a uts namespace", {"netns": f"/proc/{os.getpid()}/ns/uts"}, 4, "another kind"),
+    ("ifname over 15 chars", {"ifname": "eth0123456789abc"}, 4, "at most 15"),
+    ("no CNI_COMMAND", {"command": ""}, 4, "CNI_COMMAND"),
+]
+
+
+@pytest.mark.parametrize(("case", "how", "code", "words"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+async def test_bad_input_gets_its_cni_code_and_allocates_nothing(cni: Cni, tmp_path: Path, case: str,
+                                                                 how: dict[str, Any], code: int, words: str) -> None:
+    plain = tmp_path / "not-a-netns"
+    plain.write_text("")
+    netns = how.get("netns")
+    rc, error = await cni.gw.exec(
+        how.get("command", "ADD"), container_id="bad1", netns=str(plain) if netns == "FILE" else netns,
+        ifname=how.get("ifname", "eth0"), env=how.get("env"), stdin=how.get("stdin"),
+        config=cni.gw.config(how["version"]) if "version" in how else None)
+    assert rc == 1
+    assert error is not None and error["code"] == code, error
+    assert words in error["msg"]
+    assert set(error) == {"cniVersion", "code", "msg", "details"}
+    assert cni.ipam.calls == [] and cni.datapath.calls == []
+    assert await cni.ipam.keys() == []
+
+
+async def test_garbage_on_the_socket_gets_a_decode_error_and_the_server_keeps_serving(cni: Cni) -> None:
+    reply = await exchange_raw(cni.gw.socket, b"\x00\xffgarbage\n")
+    assert reply["ok"] is False and reply["error"]["code"] == 6
+    reply = await exchange_raw(cni.gw.socket, b'{"command": "ADD"}\n')  # no env, no config
+    assert reply["ok"] is False and reply["error"]["code"] == 6
+    too_big = b'{"pad": "' + b"x" * (cni.gw.settings.max_request_bytes + 10) + b'"}\n'
+    reply = await exchange_raw(cni.gw.socket, too_big)
+    assert reply["error"]["code"] == 6 and "larger than" in reply["error"]["msg"]
+    reply = await exchange_raw(cni.gw.socket, b'{"command": "STATUS"', close_write=False)  # never finished
+    assert reply["error"]["code"] == 6 and "within" in reply["error"]["msg"]
+    assert cni.ipam.calls == []
+    code, _ = await cni.gw.exec("ADD", container_id="after-garbage")
+    assert code == 0
+
+
+async def test_a_failed_setup_leaves_nothing_behind(cni: Cni) -> None:
+    cni.datapath.fail_setup = CceError(ErrorReason.DATAPATH_FAILED, "veth creation failed")
+    code, error = await cni.gw.exec("ADD", container_id="c4")
+    assert code == 1 and error is not None
+    assert error["code"] == 101 and error["msg"].startswith("DatapathFailed: ")
+    assert error["details"].startswith("DatapathFailed")
+    assert cni.datapath.verbs("teardown") == ["c4"] and cni.ipam.verbs("release") == ["c4"]
+    assert await cni.ipam.keys() == []
+
+
+async def test_an_empty_pool_is_try_again_later_with_the_coded_reason(cni: Cni) -> None:
+    cni.ipam.fail_allocate = CceError(ErrorReason.IP_POOL_EXHAUSTED, "node-1 has no free IP")
+    code, error = await cni.gw.exec("ADD", container_id="c5")
+    assert code == 1 and error is not None
+    assert error["code"] == 11 and error["msg"].startswith("IPPoolExhausted: ")
+    assert cni.datapath.calls == []
+
+
+async def test_a_gateway_that_is_not_running_is_try_again_later(cni: Cni) -> None:
+    await cni.gw.stop()
+    assert not cni.gw.socket.exists()
+    for command in ("ADD", "DEL", "CHECK"):
+        config = cni.gw.config(prevResult={"cniVersion": "1.0.0", "ips": []})
+        code, error = await cni.gw.exec(command, config=config)
+        assert code == 1 and error is not None and error["code"] == 11, (command, error)
+        assert "not running" in error["msg"]
+    code, error = await cni.gw.exec("STATUS", config=cni.gw.config("1.1.0"))
+    assert code == 1 and error is not None and error["code"] == 50
+
+
+# ---- DEL ---------------------------------------------------------------------------------------------------------
+
+
+async def test_del_removes_the_pod_network_and_releases_the_ip(cni: Cni) -> None:
+    code, result = await cni.gw.exec("ADD", container_id="d1")
+    assert code == 0
+    code, out = await cni.gw.exec("DEL", container_id="d1", config=cni.gw.config(prevResult=result))
+    assert (code, out) == (0, None)
+    assert cni.datapath.verbs("teardown") == ["d1"] and cni.ipam.verbs("release") == ["d1"]
+    assert await cni.ipam.keys() == []
+
+
+@pytest.mark.parametrize("netns", ["", "/run/netns/cce-gone-already"], ids=["empty CNI_NETNS", "netns gone"])
+async def test_del_succeeds_without_netns_and_without_prev_result(cni: Cni, netns: str) -> None:
+    assert (await cni.gw.exec("ADD", container_id="d2"))[0] == 0
+    code, out = await cni.gw.exec("DEL", container_id="d2", netns=netns)
+    assert (code, out) == (0, None)
+    assert cni.datapath.calls[-1] == ("teardown", "d2", "")
+    assert await cni.ipam.keys() == []
+    code, _ = await cni.gw.exec("DEL", container_id="d2", netns=netns)  # the second DEL (CRI sends two)
+    assert code == 0
+
+
+async def test_del_of_an_unknown_pod_succeeds(cni: Cni) -> None:
+    code, out = await cni.gw.exec("DEL", container_id="never-added", netns="")
+    assert (code, out) == (0, None)
+
+
+async def test_del_without_control_plane_is_journaled_and_released_later(cni: Cni) -> None:
+    assert (await cni.gw.exec("ADD", container_id="d3"))[0] == 0
+    await cni.ipam.stop()
+    await cni.datapath.stop()
+    code, _ = await cni.gw.exec("DEL", container_id="d3", netns="")
+    assert code == 0
+    journal = cni.gw.settings.state_dir
+    assert [p.name for p in journal.glob("release.*")] == ["release.d3.eth0.json"]
+    await cni.ipam.start()
+    await wait_until(lambda: not list(journal.glob("release.*")))
+    assert await cni.ipam.keys() == []
+
+
+async def test_a_journaled_release_survives_a_gateway_restart(cni: Cni) -> None:
+    assert (await cni.gw.exec("ADD", container_id="d4"))[0] == 0
+    await cni.ipam.stop()
+    assert (await cni.gw.exec("DEL", container_id="d4", netns=""))[0] == 0
+    await cni.gw.stop()
+    journal = cni.gw.settings.state_dir
+    assert [p.name for p in journal.glob("release.*")] == ["release.d4.eth0.json"]
+    await cni.ipam.start()
+    await cni.new_gateway()
+    await wait_until(lambda: not list(journal.glob("release.*")))
+    assert cni.ipam.verbs("release") == ["d4"] and await cni.ipam.keys() == []
+
+
+async def test_an_add_supersedes_a_pending_release_of_the_same_attachment(cni: Cni) -> None:
+    assert (await cni.gw.exec("ADD", container_id="d5"))[0] == 0
+    await cni.ipam.stop()
+    assert (await cni.gw.exec("DEL", container_id="d5", netns=""))[0] == 0
+    await cni.ipam.start()
+    code, _ = await cni.gw.exec("ADD", container_id="d5")
+    assert code == 0
+    await asyncio.sleep(3 * cni.gw.settings.journal_retry_s)
+    assert await cni.ipam.keys() == [endpoint_key(NODE, "d5", "eth0")]
+
+
+# ---- CHECK -------------------------------------------------------------------------------------------------------
+
+
+async def test_check_passes_after_add_and_fails_on_datapath_problems(cni: Cni) -> None:
+    code, result = await cni.gw.exec("ADD", container_id="k1")
+    assert code == 0
+    config = cni.gw.config(prevResult=result)
+    assert await cni.gw.exec("CHECK", container_id="k1", config=config) == (0, None)
+    cni.datapath.problems = ["route 0.0.0.0/0 via 10.9.0.1 missing in the pod"]
+    code, error = await cni.gw.exec("CHECK", container_id="k1", config=config)
+    assert code == 1 and error is not None and error["code"] == 101
+    assert "route 0.0.0.0/0 via 10.9.0.1 missing" in error["msg"]
+
+
+async def test_check_needs_a_prev_result_with_the_endpoints_ip(cni: Cni) -> None:
+    code, result = await cni.gw.exec("ADD", container_id="k2")
+    assert code == 0 and result is not None
+    code, error = await cni.gw.exec("CHECK", container_id="k2")
+    assert code == 1 and error is not None and error["code"] == 7 and "prevResult" in error["msg"]
+    result["ips"][0]["address"] = "10.9.0.200/32"
+    code, error = await cni.gw.exec("CHECK", container_id="k2", config=cni.gw.config(prevResult=result))
+    assert code == 1 and error is not None and error["code"] == 103 and "10.9.0.200" in error["msg"]
+    code, error = await cni.gw.exec("CHECK", container_id="k-unknown", config=cni.gw.config(prevResult=result))
+    assert code == 1 and error is not None and error["msg"].startswith("EndpointNotFound")
+
+
+# ---- STATUS and GC (1.1.0) ---------------------------------------------------------------------------------------
+
+
+async def test_status_is_unavailable_until_the_node_registers(cni: Cni) -> None:
+    code, error = await cni.gw.exec("STATUS", config=cni.gw.config("1.1.0"))
+    assert code == 1 and error is not None and error["code"] == 50 and "NodeNotRegistered" in error["msg"]
+    await register_node(cni.bus)
+    assert await cni.gw.exec("STATUS", config=cni.gw.config("1.1.0")) == (0, None)
+    code, error = await cni.gw.exec("STATUS", config=cni.gw.config("1.0.0"))
+    assert code == 1 and error is not None and error["code"] == 1
+
+
+async def test_gc_releases_this_nodes_attachments_the_runtime_does_not_list(cni: Cni) -> None:
+    for cid in ("g-keep", "g-gone"):
+        assert (await cni.gw.exec("ADD", container_id=cid))[0] == 0
+    store: Store[CceEndpoint] = Store(await cni.bus.bucket(ENDPOINTS), CceEndpoint, ENDPOINTS.name)
+    other = CceEndpoint(node="node-2", container_id="g-other", ifname="eth0", namespace="d", pod="p",
+                        addresses=[EndpointAddress(ip=SUBNET[99], gateway=GATEWAY_IP)])
+    await store.create(endpoint_key("node-2", "g-other", "eth0"), other)
+    gateway = cni.gw.gateway
+    assert gateway is not None
+    await wait_until(lambda: len(gateway.gateway.endpoints.values()) == 3)
+    config = cni.gw.config("1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "g-keep", "ifname": "eth0"}]})
+    assert await cni.gw.exec("GC", config=config) == (0, None)
+    assert cni.ipam.verbs("release") == ["g-gone"] and cni.datapath.verbs("teardown") == ["g-gone"]
+    assert [k for k in await cni.ipam.keys() if k.startswith("node-1.")] == [endpoint_key(NODE, "g-keep", "eth0")]
+    assert await store.get(endpoint_key("node-2", "g-other", "eth0")) is not None
+
+
+async def test_each_request_is_logged_with_its_container_id_and_duration(cni: Cni) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    with structlog.testing.capture_logs() as logs:
+        assert (await cni.gw.exec("ADD", container_id="log1"))[0] == 0
+        assert (await cni.gw.exec("DEL", container_id="log1", ifname="x" * 20))[0] == 1
+    done = [e for e in logs if e["event"] == "cni request"]
+    failed = [e for e in logs if e["event"] == "cni request failed"]
+    assert done[-1]["container_id"] == "log1" and done[-1]["command"] == "ADD" and done[-1]["duration_ms"] > 0
+    assert failed[-1]["container_id"] == "log1" and failed[-1]["code"] == 4
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
