@@ -33,6 +33,7 @@ from baidubce.services.eni.eni_client import EniClient
 from baidubce.services.eni.eni_model import EniIPSet
 from baidubce.services.route.route_client import RouteClient
 from baidubce.services.subnet.subnet_client import SubnetClient
+from baidubce.services.vpc.vpc_client import VpcClient
 from prometheus_client import Counter, Histogram
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,7 @@ from cloud.port import (
     CloudPrivateIp,
     CloudRouteRule,
     CloudSubnet,
+    CloudVpc,
 )
 from schemas.base import InstanceType
 from schemas.errors import CceError, ErrorReason
@@ -102,6 +104,7 @@ class SdkClients:
     bcc: Any
     subnet: Any
     route: Any
+    vpc: Any = None
 
     @classmethod
     def from_settings(cls, settings: BceSettings) -> SdkClients:
@@ -112,7 +115,8 @@ class SdkClients:
             connection_timeout_in_mills=settings.connection_timeout_ms,
             retry_policy=NoRetryPolicy(),
         )
-        return cls(EniClient(config), BccClient(config), SubnetClient(config), RouteClient(config))
+        return cls(EniClient(config), BccClient(config), SubnetClient(config), RouteClient(config),
+                   VpcClient(config))
 
 
 @dataclass(frozen=True)
@@ -318,7 +322,17 @@ class BceVpcApi:
                             size_key="max_keys", ids={"vpc_id": vpc_id}, vpc_id=vpc_id, **query)
         return [_subnet(item) async for item in pages]
 
-    # --- VPC route table --------------------------------------------------------------------------------------
+    # --- the VPC and its route table --------------------------------------------------------------------------
+
+    async def get_vpc(self, vpc_id: str) -> CloudVpc:
+        reply = await self._call(CloudApi.GET_VPC, self._sdk.vpc.get_vpc, vpc_id, ids={"vpc_id": vpc_id})
+        vpc = _required(reply.vpc, "vpc")
+        return CloudVpc(vpc_id=_str(vpc.vpc_id) or vpc_id, name=_str(vpc.name), cidr=_str(_required(vpc.cidr, "cidr")))
+
+    async def get_route_table(self, *, vpc_id: str) -> str:
+        reply = await self._call(CloudApi.GET_ROUTE_TABLE, self._sdk.route.get_route, vpc_id=vpc_id,
+                                 ids={"vpc_id": vpc_id})
+        return _str(_required(reply.route_table_id, "routeTableId"))
 
     async def list_route_rules(self, route_table_id: str) -> list[CloudRouteRule]:
         pages = self._pages(CloudApi.LIST_ROUTE_RULES, self._sdk.route.get_route_rule, "route_rules",

@@ -40,6 +40,8 @@ DEFAULT_LIMITS: Mapping[CloudApi, tuple[float, int]] = {
     CloudApi.GET_SUBNET: _READ,
     CloudApi.LIST_SUBNETS: _READ,
     CloudApi.LIST_ROUTE_RULES: _READ,
+    CloudApi.GET_VPC: _READ,
+    CloudApi.GET_ROUTE_TABLE: _READ,
     CloudApi.CREATE_ROUTE_RULE: (5.0, 10),
     CloudApi.DELETE_ROUTE_RULE: (5.0, 10),
 }

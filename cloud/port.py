@@ -36,6 +36,8 @@ class CloudApi(StrEnum):
     LIST_ROUTE_RULES = "list_route_rules"
     CREATE_ROUTE_RULE = "create_route_rule"
     DELETE_ROUTE_RULE = "delete_route_rule"
+    GET_VPC = "get_vpc"
+    GET_ROUTE_TABLE = "get_route_table"
 
 
 MAX_IPS_PER_BATCH = 10
@@ -99,6 +101,13 @@ class CloudSubnet:
 
 
 @dataclass(frozen=True)
+class CloudVpc:
+    vpc_id: str
+    name: str
+    cidr: str
+
+
+@dataclass(frozen=True)
 class CloudRouteRule:
     rule_id: str
     route_table_id: str
@@ -143,7 +152,13 @@ class VpcApi(Protocol):
 
     async def list_subnets(self, *, vpc_id: str, zone: str | None = None) -> list[CloudSubnet]: ...
 
-    # VPC route table
+    # the VPC and its route table
+    async def get_vpc(self, vpc_id: str) -> CloudVpc: ...
+
+    async def get_route_table(self, *, vpc_id: str) -> str:
+        """The id of the VPC's (main) route table."""
+        ...
+
     async def list_route_rules(self, route_table_id: str) -> list[CloudRouteRule]: ...
 
     async def create_route_rule(self, *, route_table_id: str, destination: str, next_hop_instance: str,

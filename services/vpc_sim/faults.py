@@ -22,6 +22,7 @@ SIM_APIS: tuple[str, ...] = (
     "add_private_ip", "delete_private_ip", "batch_add_private_ips", "batch_delete_private_ips",
     "get_instance", "list_instance_enis", "batch_add_instance_ips", "batch_delete_instance_ips",
     "get_subnet", "list_subnets", "get_route", "list_route_rules", "create_route_rule", "delete_route_rule",
+    "get_vpc",
 )
 DEFAULT_API = "*"
 Z_99 = 2.3263478740408408  # standard normal quantile at 0.99

@@ -136,7 +136,12 @@ class BceRoutes:
         page = paginate(subnets, lambda s: s.subnet_id, call.query("marker"), parse_max_keys(call.query("maxKeys")))
         return {"subnets": [subnet_view(s) for s in page.pop("items")], **page}
 
-    # ---- route tables ----------------------------------------------------------------------------------------
+    # ---- the VPC and its route tables -------------------------------------------------------------------------
+
+    def get_vpc(self, call: Call) -> dict[str, Any]:
+        self.cloud.check_vpc(call.param("vpcId"))
+        return {"vpc": {"vpcId": self.cloud.vpc_id, "name": "vpc-sim", "cidr": self.cloud.vpc_cidr,
+                        "description": "", "isDefault": True, "subnets": []}}
 
     def get_route(self, call: Call) -> dict[str, Any]:
         table = self.cloud.route_table(call.query("routeTableId"), call.query("vpcId"))
@@ -181,6 +186,7 @@ def add_bce_routes(app: web.Application, sim: SimApp) -> None:
         ("PUT", "/v2/instance/batchDelIp", "batch_delete_instance_ips", r.batch_delete_instance_ips, True),
         ("GET", "/v1/subnet/{subnetId}", "get_subnet", r.get_subnet, False),
         ("GET", "/v1/subnet", "list_subnets", r.list_subnets, False),
+        ("GET", "/v1/vpc/{vpcId}", "get_vpc", r.get_vpc, False),
         ("GET", "/v1/route", "get_route", r.get_route, False),
         ("GET", "/v1/route/rule", "list_route_rules", r.list_route_rules, False),
         ("POST", "/v1/route/rule", "create_route_rule", r.create_route_rule, True),
