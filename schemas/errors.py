@@ -18,6 +18,7 @@ class ErrorReason(StrEnum):
     SUBNET_NO_MORE_IP = "SubnetNoMoreIP"
     NO_AVAILABLE_SUBNET = "NoAvailableSubnet"
     CIDR_POOL_EXHAUSTED = "CIDRPoolExhausted"
+    WAIT_NODE_CIDR = "WaitNodeCIDR"
     # cloud
     CLOUD_THROTTLED = "CloudThrottled"
     CLOUD_ERROR = "CloudError"
@@ -45,6 +46,7 @@ class ErrorReason(StrEnum):
 RETRYABLE: frozenset[ErrorReason] = frozenset(
     {
         ErrorReason.WAIT_CREATE_MORE_ENI,
+        ErrorReason.WAIT_NODE_CIDR,
         ErrorReason.CLOUD_THROTTLED,
         ErrorReason.TIMEOUT,
         ErrorReason.SERVICE_UNAVAILABLE,
@@ -61,6 +63,7 @@ DESCRIPTIONS: dict[ErrorReason, str] = {
     ErrorReason.SUBNET_NO_MORE_IP: "the subnet has no free address left",
     ErrorReason.NO_AVAILABLE_SUBNET: "no subnet in the node's zone is configured or has room",
     ErrorReason.CIDR_POOL_EXHAUSTED: "the cluster container CIDR has no free node CIDR left",
+    ErrorReason.WAIT_NODE_CIDR: "the pool is empty while a node CIDR and its VPC route rule are being set up",
     ErrorReason.CLOUD_THROTTLED: "the cloud API rate limit was hit and retries ran out",
     ErrorReason.CLOUD_ERROR: "the cloud API failed",
     ErrorReason.CLOUD_NOT_FOUND: "the cloud resource does not exist",

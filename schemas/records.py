@@ -242,6 +242,11 @@ class ClusterCidrPool(Contract):
     blocks: list[IPv4Network]
     node_mask: int = Field(24, ge=8, le=30)
     low_free_threshold: int = Field(8, ge=0, description="a node with fewer free IPs gets another CIDR")
+    max_cidrs_per_node: int = Field(8, ge=1, description="a node never holds more CIDRs than this")
+    cluster_id: str = Field("", description="the cluster whose route rules carry its mark")
+    vpc_id: str = ""
+    route_table_id: str = Field("", description="the VPC route table the node CIDRs are routed in")
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class NodeCidrState(StrEnum):
@@ -256,6 +261,13 @@ class NodeCidr(Contract):
     node: NodeName
     state: NodeCidrState = NodeCidrState.ACTIVE
     allocated_at: datetime = Field(default_factory=utcnow)
+    request_id: str = Field("", description="the expand request (or registration) it was allocated for")
+    state_since: datetime = Field(default_factory=utcnow, description="when it entered its state")
+
+    @property
+    def router_ip(self) -> IPv4Address:
+        """The first host address: the pod gateway on the node when this is the node's first CIDR."""
+        return next(self.cidr.hosts())
 
 
 class RouteRuleState(StrEnum):
@@ -276,6 +288,8 @@ class RouteRule(Contract):
     rule_id: CloudId | None = None
     state: RouteRuleState = RouteRuleState.PENDING
     conflict: str = Field("", description="what holds the destination when in conflict")
+    reason: ErrorReason | None = Field(None, description="why the rule is not programmed (RouteConflict, ...)")
+    message: str = ""
     updated_at: datetime = Field(default_factory=utcnow)
 
 

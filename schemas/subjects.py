@@ -165,3 +165,9 @@ def endpoint_key(node: str, container_id: str, ifname: str) -> str:
 
 def cidr_key(cidr: object) -> str:
     return str(cidr).replace("/", "_")
+
+
+def expand_request_id(node: str, nth: int) -> str:
+    """The idempotency key of a node's `nth` CIDR (1 = the one it gets on registration): every ipam replica
+    asking for the same next CIDR sends the same key, so route_manager hands out one CIDR for it."""
+    return f"{subject_token(node)}-cidr-{nth}"
