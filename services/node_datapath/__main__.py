@@ -1,0 +1,3 @@
+from services.node_datapath.main import main
+
+main()

@@ -1,0 +1,348 @@
+"""The node datapath service: pod setup/teardown/check, ENI configuration and the resync loop. It decides (with
+the pure planning in domain.py) and has the kernel adapter (netlink.py) act; records come in through `Records`
+and go out through `Reporter`, so it runs the same in-process, in tests and as `python -m services.node_datapath`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chassis import netns
+from chassis.logs import get_logger
+from chassis.netns import NetnsError
+from schemas.base import NetworkMode
+from schemas.errors import CceError, ErrorReason
+from schemas.events import EventKind
+from schemas.messages import (
+    CheckReply,
+    CheckRequest,
+    InterfaceResult,
+    IpResult,
+    RouteResult,
+    SetupReply,
+    SetupRequest,
+    TeardownReply,
+    TeardownRequest,
+)
+from schemas.records import CceEndpoint, Eni, EniLinkState, EniOnNode
+from schemas.subjects import endpoint_key
+from services.node_datapath.domain import (
+    MAIN_TABLE,
+    SCOPE_LINK,
+    PlanError,
+    PodWant,
+    check_pod,
+    eni_table,
+    eni_want,
+    enis_on_node,
+    find_stale,
+    live_endpoints,
+    plan_eni,
+    plan_gc,
+    plan_host,
+    pod_want,
+    veth_alias,
+)
+from services.node_datapath.netlink import Kernel
+
+log = get_logger("node_datapath")
+
+ENI_POLL_S = 0.1
+
+
+class Records(Protocol):
+    """What the datapath reads: endpoints and ENIs (every node's; the datapath filters by its own)."""
+
+    def endpoints(self) -> list[CceEndpoint]: ...
+
+    def endpoint(self, key: str) -> CceEndpoint | None: ...
+
+    def enis(self) -> dict[str, Eni]: ...
+
+
+class Reporter(Protocol):
+    """What the datapath writes: its EniOnNode records and events."""
+
+    async def eni_state(self, record: EniOnNode) -> None: ...
+
+    async def eni_gone(self, eni_id: str) -> None: ...
+
+    async def event(self, kind: EventKind, what: str, *, message: str, object: str = "",
+                    reason: ErrorReason | None = None, **data: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    resync_period_s: float = 30.0
+    gc_grace_s: float = 10.0
+    eni_wait_s: float = 10.0
+    debounce_s: float = 0.2
+
+
+def datapath_error(exc: NetnsError, **details: Any) -> CceError:
+    return CceError(ErrorReason.DATAPATH_FAILED, str(exc), **details)
+
+
+class NodeDatapath:
+    def __init__(self, node: str, kernel: Kernel, records: Records, reporter: Reporter, timing: Timing,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.kernel = kernel
+        self.records = records
+        self.reporter = reporter
+        self.timing = timing
+        self.clock = clock
+        self.marks: dict[str, float] = {}  # stale thing id -> when first seen stale
+        self.recent: dict[str, float] = {}  # host veth -> when it was last set up
+        self.ready_enis: set[str] = set()
+        self.resyncs = 0
+        self._reported: dict[str, EniOnNode] = {}
+        self._kick = asyncio.Event()
+        self._eni_lock = asyncio.Lock()
+        self._resync_lock = asyncio.Lock()
+        self._veth_locks: dict[str, asyncio.Lock] = {}
+
+    # -- requests -----------------------------------------------------------------------------------------------
+
+    async def setup(self, req: SetupRequest) -> SetupReply:
+        want = self._want(req.endpoint, req.container_id, req.ifname)
+        self._check_netns(req.netns)
+        if want.eni_id and req.endpoint.mode is NetworkMode.VPC_ENI:
+            await self.ensure_eni(want.eni_id)
+            want = self._want(req.endpoint, req.container_id, req.ifname)
+        async with self._veth_lock(want.veth):
+            try:
+                changes = await self.kernel.setup_pod(want, req.netns)
+            except NetnsError as exc:
+                raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
+            self.recent[want.veth] = self.clock()
+        log.info("pod set up", container_id=req.container_id, ifname=req.ifname, veth=want.veth, ip=want.ip,
+                 changes=len(changes))
+        return SetupReply(
+            interfaces=[InterfaceResult(name=want.veth, mac=want.host_mac),
+                        InterfaceResult(name=want.ifname, mac=want.pod_mac, sandbox=req.netns)],
+            ips=[IpResult(address=f"{want.ip}/32", gateway=want.gateway, interface=1)],
+            routes=[RouteResult(dst="0.0.0.0/0", gw=want.gateway)],
+            host_veth=want.veth,
+        )
+
+    async def check(self, req: CheckRequest) -> CheckReply:
+        want = self._want(req.endpoint, req.container_id, req.ifname)
+        self._check_netns(req.netns, missing_ok=True)
+        try:
+            node = await self.kernel.snapshot()
+            pod = await self.kernel.pod_state(req.netns)
+        except NetnsError as exc:
+            raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
+        problems = check_pod(want, node, pod)
+        return CheckReply(ok=not problems, problems=problems)
+
+    async def teardown(self, req: TeardownRequest) -> TeardownReply:
+        """Remove what is left of a pod interface; succeeds when nothing is (netns gone, endpoint unknown)."""
+        key = endpoint_key(self.node, req.container_id, req.ifname)
+        endpoint = req.endpoint or self.records.endpoint(key)
+        want: PodWant | None = None
+        if endpoint is not None:
+            with contextlib.suppress(PlanError, CceError):
+                want = self._want(endpoint, req.container_id, req.ifname)
+        try:
+            state = await self.kernel.snapshot()
+            veth = state.link(want.veth) if want is not None else None
+            if veth is None or veth.alias != veth_alias(key):
+                veth = state.link_by_alias(veth_alias(key))  # by alias: also when the record is gone
+            ip = want.ip if want is not None else None
+            if ip is None and veth is not None:
+                ip = next((r.dst[:-3] for r in state.routes if r.table == MAIN_TABLE and r.oif == veth.index
+                           and r.scope == SCOPE_LINK and r.dst.endswith("/32")), None)
+            removed: list[str] = []
+            held = {str(a.ip) for e in live_endpoints(self.records.endpoints(), self.node) if e is not endpoint
+                    and endpoint_key(e.node, e.container_id, e.ifname) != key for a in e.addresses}
+            if ip is not None and ip not in held:
+                for rule in state.rules:
+                    if rule.pod_ip == ip and await self.kernel.delete_rule(rule):
+                        removed.append(rule.describe())
+            if veth is not None:
+                async with self._veth_lock(veth.name):
+                    if await self.kernel.delete_link(veth):
+                        removed.append(f"host veth {veth.name} (with its routes and neighbours)")
+                self.recent.pop(veth.name, None)
+        except NetnsError as exc:
+            raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
+        log.info("pod torn down", container_id=req.container_id, ifname=req.ifname, ip=ip, removed=removed)
+        return TeardownReply(removed=removed)
+
+    def _want(self, endpoint: CceEndpoint, container_id: str, ifname: str) -> PodWant:
+        if (endpoint.node, endpoint.container_id, endpoint.ifname) != (self.node, container_id, ifname):
+            raise CceError(ErrorReason.INVALID_REQUEST,
+                           f"endpoint {endpoint.node}/{endpoint.container_id}/{endpoint.ifname} does not match the "
+                           f"request {self.node}/{container_id}/{ifname}", fields=["endpoint"])
+        try:
+            return pod_want(endpoint, self.records.enis())
+        except PlanError as exc:
+            raise CceError(ErrorReason.INVALID_REQUEST, str(exc), fields=["endpoint"]) from None
+
+    def _check_netns(self, path: str, missing_ok: bool = False) -> None:
+        try:
+            netns.check_namespace(path)
+        except NetnsError as exc:
+            if missing_ok and exc.errno == errno.ENOENT:
+                return
+            raise CceError(ErrorReason.INVALID_REQUEST, f"netns {path!r}: {exc}", fields=["netns"],
+                           netns=path) from None
+
+    @contextlib.asynccontextmanager
+    async def _veth_lock(self, name: str) -> AsyncIterator[None]:
+        lock = self._veth_locks.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._veth_locks.get(name) is lock:
+                del self._veth_locks[name]
+
+    # -- ENIs ---------------------------------------------------------------------------------------------------
+
+    async def ensure_eni(self, eni_id: str) -> None:
+        """Wait (up to eni_wait_s) until the ENI's link is configured on the node."""
+        if eni_id in self.ready_enis:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timing.eni_wait_s
+        while True:
+            eni = self.records.enis().get(eni_id)
+            if eni is None or eni.node != self.node:
+                why = f"ENI {eni_id} is not attached to node {self.node}"
+            else:
+                failure = await self.configure_eni(eni)
+                if failure is None:
+                    return
+                why = failure
+            if loop.time() >= deadline:
+                raise CceError(ErrorReason.DATAPATH_FAILED,
+                               f"ENI {eni_id} not ready after {self.timing.eni_wait_s}s: {why}",
+                               node=self.node, eni_id=eni_id)
+            await asyncio.sleep(ENI_POLL_S)
+
+    async def configure_eni(self, eni: Eni) -> str | None:
+        """Configure one ENI's link; None when it is ready, else why not (also in its EniOnNode record)."""
+        async with self._eni_lock:
+            state, link_name, original, message = EniLinkState.READY, "", "", ""
+            try:
+                want = eni_want(eni)
+                link_name = want.link
+                plan = plan_eni(want, await self.kernel.snapshot())
+                original = plan.link.name if plan.rename else ""
+                changes = await self.kernel.apply_eni(plan)
+                if changes:
+                    log.info("ENI configured", eni_id=eni.eni_id, link=want.link, changes=changes)
+            except PlanError as exc:
+                state, message = EniLinkState.PENDING, str(exc)
+            except NetnsError as exc:
+                state, message = EniLinkState.ERROR, str(exc)
+            if state is EniLinkState.READY:
+                self.ready_enis.add(eni.eni_id)
+            else:
+                self.ready_enis.discard(eni.eni_id)
+            await self._report(eni, state, link_name, original, message)
+            return None if state is EniLinkState.READY else message
+
+    async def _report(self, eni: Eni, state: EniLinkState, link: str, original: str, message: str) -> None:
+        before = self._reported.get(eni.eni_id)
+        record = EniOnNode(eni_id=eni.eni_id, node=self.node, state=state, link_name=link,
+                           original_name=original or (before.original_name if before else ""),
+                           route_table=eni_table(eni.index), message=message)
+        if before is not None and (before.state, before.link_name, before.message, before.original_name,
+                                   before.route_table) == (record.state, record.link_name, record.message,
+                                                           record.original_name, record.route_table):
+            return
+        await self.reporter.eni_state(record)
+        self._reported[eni.eni_id] = record
+        if state is EniLinkState.READY:
+            await self.reporter.event(EventKind.ENI, "ready", message=f"{eni.eni_id} is {link} with table "
+                                      f"{record.route_table}", object=eni.eni_id, link=link, table=record.route_table)
+        elif state is EniLinkState.ERROR:
+            await self.reporter.event(EventKind.ENI, "link-error", message=message, object=eni.eni_id,
+                                      reason=ErrorReason.DATAPATH_FAILED)
+
+    def adopt_reported(self, records: list[EniOnNode]) -> None:
+        """What an earlier run of this service reported (so a restart does not rewrite every record)."""
+        self._reported = {r.eni_id: r for r in records if r.node == self.node}
+
+    # -- resync -------------------------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """A record changed: resync soon (bursts coalesce into one pass)."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Resync on a period and (debounced) after record changes; the composition root ran the first pass.
+        Failures are logged, never fatal."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timing.resync_period_s):
+                    await self._kick.wait()
+            await asyncio.sleep(self.timing.debounce_s)
+            self._kick.clear()
+            try:
+                await self.resync()
+            except Exception:
+                log.exception("resync failed")
+
+    async def resync(self) -> list[str]:
+        """Configure ENIs, repair live pods' host side, remove stale things (two-phase). Returns what changed."""
+        async with self._resync_lock:
+            changes: list[str] = []
+            enis = enis_on_node(self.records.enis().values(), self.node)
+            ready: set[str] = set()
+            for eni in enis:
+                if await self.configure_eni(eni) is None:
+                    ready.add(eni.eni_id)
+            self.ready_enis = ready
+            for eni_id in [i for i in self._reported if i not in {e.eni_id for e in enis}]:
+                await self.reporter.eni_gone(eni_id)
+                del self._reported[eni_id]
+            state = await self.kernel.snapshot()
+            live: dict[str, PodWant] = {}
+            for ep in live_endpoints(self.records.endpoints(), self.node):
+                with contextlib.suppress(PlanError):
+                    want = pod_want(ep, self.records.enis())
+                    live[want.key] = want
+            for want in live.values():
+                veth = state.link(want.veth)
+                if veth is not None and veth.alias == want.alias:
+                    changes += await self.kernel.repair_host(plan_host(want, veth, state))
+            changes += await self._collect(state, live, {eni_table(e.index) for e in enis})
+            self.resyncs += 1
+            if changes:
+                log.info("resync changed the node", changes=changes)
+            return changes
+
+    async def _collect(self, state: Any, live: dict[str, PodWant], tables: set[int]) -> list[str]:
+        now = self.clock()
+        self.recent = {k: t for k, t in self.recent.items() if now - t < self.timing.gc_grace_s}
+        gc = plan_gc(find_stale(state, live, tables), self.marks, now, self.timing.gc_grace_s, self.recent)
+        self.marks = gc.marks
+        removed: list[str] = []
+        for item in gc.remove:
+            if item.link is not None:
+                async with self._veth_lock(item.link.name):
+                    current = (await self.kernel.snapshot()).link(item.link.name)
+                    if current is None or current.alias != item.link.alias or item.link.name in self.recent:
+                        continue  # replaced meanwhile by a setup
+                    await self.kernel.delete_link(current)
+            elif item.rule is not None:
+                await self.kernel.delete_rule(item.rule)
+            elif item.route is not None:
+                await self.kernel.delete_route(item.route)
+            removed.append(item.what)
+        if removed:
+            await self.reporter.event(EventKind.DATAPATH, "stale-cleaned", message=f"removed {len(removed)} stale "
+                                      f"item(s) from {self.node}", removed=removed,
+                                      endpoints=[i.key for i in gc.remove if i.key])
+        return removed

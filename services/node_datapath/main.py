@@ -1,0 +1,114 @@
+"""Composition root of node_datapath (one per node, root).
+
+Reads the endpoints (ipam) and ENIs (eni_manager) of its node through watch caches, writes its EniOnNode records,
+serves setup/teardown/check on its own node's subjects and runs the resync loop. With CCE_DATAPATH_NETNS set,
+every netlink and sysctl operation happens in that namespace while the process stays where it reaches NATS (how
+simulated nodes run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chassis.events import EventPublisher
+from chassis.kv import KvCache, Store, Versioned
+from chassis.logs import get_logger
+from chassis.service import ServiceProcess, run
+from schemas.errors import ErrorReason
+from schemas.events import EventKind
+from schemas.records import CceEndpoint, Eni, EniOnNode
+from schemas.subjects import (
+    DATAPATH_CHECK,
+    DATAPATH_SETUP,
+    DATAPATH_TEARDOWN,
+    ENDPOINTS,
+    ENI_ON_NODE,
+    ENIS,
+    NODE_DATAPATH,
+)
+from services.node_datapath.datapath import NodeDatapath, Timing
+from services.node_datapath.netlink import Kernel
+from services.node_datapath.settings import DatapathSettings
+
+log = get_logger("node_datapath")
+
+
+class CachedRecords:
+    """Records from the watch caches (filled in once they are loaded)."""
+
+    def __init__(self) -> None:
+        self.endpoint_cache: KvCache[CceEndpoint] | None = None
+        self.eni_cache: KvCache[Eni] | None = None
+
+    def endpoints(self) -> list[CceEndpoint]:
+        return self.endpoint_cache.values() if self.endpoint_cache else []
+
+    def endpoint(self, key: str) -> CceEndpoint | None:
+        return self.endpoint_cache.get(key) if self.endpoint_cache else None
+
+    def enis(self) -> dict[str, Eni]:
+        return {e.eni_id: e for e in self.eni_cache.values()} if self.eni_cache else {}
+
+
+class BusReporter:
+    def __init__(self, node: str, store: Store[EniOnNode], events: EventPublisher) -> None:
+        self.node = node
+        self.store = store
+        self.events = events
+
+    async def eni_state(self, record: EniOnNode) -> None:
+        await self.store.mutate(record.eni_id, lambda _: record)
+
+    async def eni_gone(self, eni_id: str) -> None:
+        await self.store.mutate(eni_id, lambda current: None if current is None or current.node == self.node
+                                else current)
+
+    async def event(self, kind: EventKind, what: str, *, message: str, object: str = "",
+                    reason: ErrorReason | None = None, **data: Any) -> None:
+        await self.events.publish(kind, what, node=self.node, message=message, object=object, reason=reason,
+                                  **data)
+
+
+def datapath_settings(proc: ServiceProcess) -> DatapathSettings:
+    settings = proc.settings
+    return settings if isinstance(settings, DatapathSettings) else DatapathSettings(**settings.model_dump())
+
+
+async def build(proc: ServiceProcess, settings: DatapathSettings | None = None) -> NodeDatapath:
+    """Load the caches, serve the node's requests and start the resync loop."""
+    settings = settings or datapath_settings(proc)
+    node = settings.node
+    timing = Timing(settings.datapath_resync_period_s, settings.datapath_gc_grace_s, settings.datapath_eni_wait_s,
+                    settings.datapath_debounce_s)
+    records = CachedRecords()
+    store: Store[EniOnNode] = await proc.store(ENI_ON_NODE)
+    datapath = NodeDatapath(node, Kernel(settings.datapath_netns), records, BusReporter(node, store, proc.events),
+                            timing)
+    datapath.adopt_reported([v.value for v in (await store.list()).values()])
+
+    def on_endpoint(key: str, item: Versioned[Any] | None) -> None:
+        if item is None or getattr(item.value, "node", None) == node:
+            datapath.kick()
+
+    def on_eni(key: str, item: Versioned[Any] | None) -> None:
+        if item is None or getattr(item.value, "node", None) == node:
+            datapath.kick()
+
+    records.endpoint_cache = await proc.cache(ENDPOINTS, on_endpoint)
+    records.eni_cache = await proc.cache(ENIS, on_eni)
+    await datapath.resync()  # before serving: ENIs configured, leftovers marked
+    for spec, handler in ((DATAPATH_SETUP, datapath.setup), (DATAPATH_TEARDOWN, datapath.teardown),
+                          (DATAPATH_CHECK, datapath.check)):
+        await proc.rpc.add(spec, handler, subject=spec.for_node(node))
+    proc.spawn(datapath.run(), name="datapath-resync")
+    proc.health.add_check("resync", lambda: (True, f"{datapath.resyncs} passes"))
+    log.info("datapath serving", node=node, netns=settings.datapath_netns or "own")
+    return datapath
+
+
+async def wire(proc: ServiceProcess) -> None:
+    await build(proc)
+
+
+def main() -> None:
+    run(NODE_DATAPATH, DatapathSettings, wire, description="programs one node's pod and ENI network")

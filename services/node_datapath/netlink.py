@@ -1,0 +1,294 @@
+"""Every netlink call of the node datapath (pyroute2 AsyncIPRoute), and nothing else: read a namespace into a
+`NetState`, execute the domain's plans, create and delete pod veths. Writes use replace; "already gone" on delete
+and "already there" on add are success; netlink errno becomes a `NetnsError` saying what was being done.
+
+Sockets are opened per operation inside the node's namespace (and the pod's) by `chassis.netns`, so the process
+itself stays where it reaches NATS, and no socket is shared between concurrent operations (the kernel runs one
+dump per socket at a time). pyroute2 is imported lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from chassis import netns
+from chassis.netns import EXISTS, GONE, NetnsError
+from services.node_datapath.domain import (
+    DEFAULT_DST,
+    MAIN_TABLE,
+    NOPREFIXROUTE,
+    SCOPE_LINK,
+    Addr,
+    EniPlan,
+    HostPlan,
+    Link,
+    Neigh,
+    NetState,
+    PodWant,
+    Route,
+    Rule,
+    host_cidr,
+    normalize_cidr,
+)
+
+IFF_UP = 0x1
+NUD_PERMANENT = 0x80
+RTN_UNICAST = 1
+LOOPBACK_INDEX = 1  # lo is index 1 in every network namespace
+_NUD_SKIP = 0x20 | 0x40  # NUD_NOARP, NUD_NONE... entries the kernel keeps for itself
+
+
+def _link(msg: Any) -> Link:
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get("ifname") or ""),
+        mac=str(msg.get("address") or "").lower(),
+        up=bool(msg["flags"] & IFF_UP),
+        alias=str(msg.get("ifalias") or ""),
+        kind=str(msg.get(("linkinfo", "kind")) or ""),
+    )
+
+
+def _route(msg: Any) -> Route:
+    table = msg.get("table")
+    return Route(
+        table=int(table if table is not None else msg["table"]),
+        dst=normalize_cidr(msg.get("dst") or "0.0.0.0", int(msg["dst_len"])),
+        oif=msg.get("oif"),
+        gateway=msg.get("gateway"),
+        scope=int(msg["scope"]),
+    )
+
+
+def _rule(msg: Any) -> Rule:
+    src, dst = msg.get("src"), msg.get("dst")
+    table = msg.get("table")
+    return Rule(
+        priority=int(msg.get("priority") or 0),
+        table=int(table if table is not None else msg["table"]),
+        src=normalize_cidr(src, int(msg["src_len"])) if src else None,
+        dst=normalize_cidr(dst, int(msg["dst_len"])) if dst else None,
+    )
+
+
+async def _read(ipr: Any, what: str, *, rules: bool = True) -> NetState:
+    """A namespace's state, dump by dump (one dump at a time per socket)."""
+    v4 = socket.AF_INET
+    links = [_link(m) for m in await netns.dump(f"list links in {what}", lambda: ipr.link("dump"))]
+    addrs = [Addr(int(m["index"]), str(m.get("address")), int(m["prefixlen"]))
+             for m in await netns.dump(f"list addresses in {what}", lambda: ipr.addr("dump", family=v4))]
+    routes = [_route(m) for m in await netns.dump(f"list routes in {what}", lambda: ipr.route("dump", family=v4))
+              if m["type"] == RTN_UNICAST]
+    neighs = [Neigh(int(m["ifindex"]), str(m.get("dst")), str(m.get("lladdr") or "").lower(),
+                    bool(m["state"] & NUD_PERMANENT))
+              for m in await netns.dump(f"list neighbours in {what}", lambda: ipr.neigh("dump", family=v4))
+              if m.get("dst") and not m["state"] & _NUD_SKIP]
+    rule_list = [_rule(m) for m in await netns.dump(f"list rules in {what}", lambda: ipr.rule("dump", family=v4))] \
+        if rules else []
+    return NetState(tuple(links), tuple(addrs), tuple(routes), tuple(rule_list), tuple(neighs))
+
+
+def _route_args(route: Route) -> dict[str, Any]:
+    args: dict[str, Any] = {"dst": route.dst, "table": route.table, "scope": route.scope}
+    if route.oif is not None:
+        args["oif"] = route.oif
+    if route.gateway is not None:
+        args["gateway"] = route.gateway
+    return args
+
+
+def _rule_args(rule: Rule) -> dict[str, Any]:
+    args: dict[str, Any] = {"priority": rule.priority, "table": rule.table, "family": socket.AF_INET}
+    if rule.src:
+        ip, plen = rule.src.split("/")
+        args.update(src=ip, src_len=int(plen))
+    if rule.dst:
+        ip, plen = rule.dst.split("/")
+        args.update(dst=ip, dst_len=int(plen))
+    return args
+
+
+class Kernel:
+    """The node's kernel, seen from the node's namespace (`node_ns`: a name, an absolute path, or "" for the
+    process's own namespace)."""
+
+    def __init__(self, node_ns: str = "") -> None:
+        self.node_ns = node_ns
+        self.where = node_ns or "the node namespace"
+
+    @contextlib.asynccontextmanager
+    async def _sockets(self, *extra: str) -> AsyncIterator[list[Any]]:
+        """AsyncIPRoute handles: the node's first, then one per namespace in `extra`."""
+        wanted = [self.node_ns, *extra]
+        async with contextlib.AsyncExitStack() as stack:
+            handles = netns.adopt(netns.open_socket_fds(wanted), stack)
+            yield [handles[ns] for ns in wanted]
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    async def snapshot(self) -> NetState:
+        async with self._sockets() as (node,):
+            return await _read(node, self.where)
+
+    async def pod_state(self, pod_ns: str) -> NetState | None:
+        """The pod namespace's state; None when the namespace is gone."""
+        try:
+            async with self._sockets(pod_ns) as (_, pod):
+                return await _read(pod, f"pod namespace {pod_ns}", rules=False)
+        except NetnsError as exc:
+            if exc.errno in GONE:
+                return None
+            raise
+
+    async def sysctls(self, values: dict[str, str]) -> list[str]:
+        return netns.write_sysctls(self.node_ns, values)
+
+    # -- ENIs ---------------------------------------------------------------------------------------------------
+
+    async def apply_eni(self, plan: EniPlan) -> list[str]:
+        """Execute an ENI plan; returns what changed."""
+        want, link = plan.want, plan.link
+        changes: list[str] = []
+        async with self._sockets() as (ipr,):
+            if plan.rename:
+                if link.up:
+                    await netns.nl(f"set {link.name} down to rename it", ipr.link("set", index=link.index,
+                                                                                    state="down"))
+                await netns.nl(f"rename {link.name} to {want.link} (ENI {want.eni_id})",
+                               ipr.link("set", index=link.index, ifname=want.link))
+                changes.append(f"rename {link.name} to {want.link}")
+            if plan.set_up:
+                await netns.nl(f"set {want.link} up", ipr.link("set", index=link.index, state="up"))
+                changes.append(f"set {want.link} up")
+            if plan.add_address:
+                await netns.nl(
+                    f"add {want.ip}/{want.prefixlen} to {want.link}",
+                    ipr.addr("add", index=link.index, address=want.ip, prefixlen=want.prefixlen,
+                             flags=NOPREFIXROUTE),
+                    ok=EXISTS,
+                )
+                changes.append(f"add {want.ip}/{want.prefixlen} noprefixroute to {want.link}")
+            names = {link.index: want.link}
+            for route in plan.delete_routes:
+                await netns.nl(f"delete {route.describe(names)} in {route.where}",
+                               ipr.route("del", **_route_args(route)), ok=GONE)
+                changes.append(f"delete {route.describe(names)} in {route.where}")
+            for route in plan.replace_routes:
+                await netns.nl(f"add {route.describe(names)} in {route.where}",
+                               ipr.route("replace", **_route_args(route)))
+                changes.append(f"add {route.describe(names)} in {route.where}")
+        changes += netns.write_sysctls(self.node_ns, plan.sysctls)
+        return changes
+
+    # -- pods ---------------------------------------------------------------------------------------------------
+
+    async def setup_pod(self, want: PodWant, pod_ns: str) -> list[str]:
+        """Create (or re-create, or complete) a pod's veth pair and everything on both sides. Idempotent: an
+        existing pair of this endpoint is kept and completed; a veth of that name belonging to another endpoint,
+        or whose pod side is missing, is replaced."""
+        changes: list[str] = []
+        async with self._sockets(pod_ns) as (node, pod):
+            veth = await self._link(node, want.veth)
+            pod_if = await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
+            keep = (veth is not None and veth.alias == want.alias and pod_if is not None
+                    and pod_if.mac == want.pod_mac)
+            if veth is not None and not keep:
+                await netns.nl(f"delete {want.veth} ({veth.alias or 'no alias'}) to replace it",
+                               node.link("del", index=veth.index), ok=GONE)
+                changes.append(f"replace host veth {want.veth} ({veth.alias or 'no alias'})")
+                veth = None
+            if veth is None:
+                await self._create_pair(node, want, pod_ns)
+                changes.append(f"create veth {want.veth} <-> {want.ifname}")
+            veth = await self._link(node, want.veth)
+            pod_if = await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
+            if veth is None or pod_if is None:
+                raise NetnsError(f"veth {want.veth} <-> {want.ifname} vanished while being set up")
+            await netns.nl(f"set {want.veth} up", node.link("set", index=veth.index, state="up", ifalias=want.alias))
+            await self._pod_side(pod, want, pod_if.index, veth.mac)
+            await self.repair_host(HostPlan(veth, routes=_host_routes(want, veth.index),
+                                            neighs=(Neigh(veth.index, want.ip, want.pod_mac, True),),
+                                            rules=want.rules()), node)
+        return changes
+
+    async def _create_pair(self, node: Any, want: PodWant, pod_ns: str) -> None:
+        fd = os.open(netns.netns_path(pod_ns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            peer = {"ifname": want.ifname, "net_ns_fd": fd, "address": want.pod_mac}
+            await netns.nl(f"create veth {want.veth} with peer {want.ifname} in {pod_ns}",
+                           node.link("add", ifname=want.veth, kind="veth", address=want.host_mac, peer=peer))
+        finally:
+            os.close(fd)
+
+    async def _pod_side(self, pod: Any, want: PodWant, index: int, host_mac: str) -> None:
+        ifname = want.ifname
+        await netns.nl("set lo up in the pod", pod.link("set", index=LOOPBACK_INDEX, state="up"))
+        await netns.nl(f"set {ifname} up in the pod", pod.link("set", index=index, state="up"))
+        await netns.nl(f"add {want.ip}/32 to {ifname}",
+                       pod.addr("add", index=index, address=want.ip, prefixlen=32), ok=EXISTS)
+        await netns.nl(f"pod route {want.gateway}/32 dev {ifname}",
+                       pod.route("replace", dst=host_cidr(want.gateway), oif=index, scope=SCOPE_LINK,
+                                 table=MAIN_TABLE))
+        await netns.nl(f"pod default route via {want.gateway}",
+                       pod.route("replace", dst=DEFAULT_DST, gateway=want.gateway, oif=index, table=MAIN_TABLE))
+        await netns.nl(f"pod neighbour {want.gateway} -> {host_mac}",
+                       pod.neigh("replace", dst=want.gateway, lladdr=host_mac, ifindex=index, state=NUD_PERMANENT))
+
+    async def repair_host(self, plan: HostPlan, node: Any | None = None) -> list[str]:
+        """Add a pod's missing host-side objects (replace semantics)."""
+        if plan.empty:
+            return []
+        if node is None:
+            async with self._sockets() as (ipr,):
+                return await self.repair_host(plan, ipr)
+        names = {plan.veth.index: plan.veth.name}
+        changes: list[str] = []
+        if plan.set_up:
+            await netns.nl(f"set {plan.veth.name} up", node.link("set", index=plan.veth.index, state="up"))
+            changes.append(f"set {plan.veth.name} up")
+        for route in plan.routes:
+            await netns.nl(f"add {route.describe(names)} in {route.where}", node.route("replace", **_route_args(route)))
+            changes.append(f"add {route.describe(names)} in {route.where}")
+        for n in plan.neighs:
+            await netns.nl(f"neighbour {n.ip} -> {n.mac} dev {plan.veth.name}",
+                           node.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=n.index, state=NUD_PERMANENT))
+            changes.append(f"add neighbour {n.ip} lladdr {n.mac} dev {plan.veth.name}")
+        for rule in plan.rules:
+            await netns.nl(f"add {rule.describe()}", node.rule("add", **_rule_args(rule)), ok=EXISTS)
+            changes.append(f"add {rule.describe()}")
+        return changes
+
+    # -- removal ------------------------------------------------------------------------------------------------
+
+    async def delete_link(self, link: Link) -> bool:
+        """Delete a link (its routes and neighbours go with it); False when it was already gone."""
+        return await self._quietly(f"delete link {link.name}", lambda ipr: ipr.link("del", index=link.index))
+
+    async def delete_rule(self, rule: Rule) -> bool:
+        return await self._quietly(f"delete {rule.describe()}", lambda ipr: ipr.rule("del", **_rule_args(rule)))
+
+    async def delete_route(self, route: Route) -> bool:
+        return await self._quietly(f"delete {route.describe({})} in {route.where}",
+                                   lambda ipr: ipr.route("del", **_route_args(route)))
+
+    async def _quietly(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> bool:
+        async with self._sockets() as (ipr,):
+            done = await netns.nl(what, _mark(call(ipr)), ok=GONE)
+        return done is not None
+
+    async def _link(self, ipr: Any, name: str, where: str = "") -> Link | None:
+        msgs = await netns.nl(f"look up {name} in {where or self.where}", ipr.link("get", ifname=name), ok=GONE)
+        return _link(msgs[0]) if msgs else None
+
+
+async def _mark(aw: Awaitable[Any]) -> bool:
+    await aw
+    return True
+
+
+def _host_routes(want: PodWant, index: int) -> tuple[Route, ...]:
+    return (Route(MAIN_TABLE, host_cidr(want.ip), index, None, SCOPE_LINK),)
