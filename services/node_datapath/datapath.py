@@ -151,22 +151,23 @@ class NodeDatapath:
         if endpoint is not None:
             with contextlib.suppress(PlanError, CceError):
                 want = self._want(endpoint, req.container_id, req.ifname)
+        alias = veth_alias(key)
         try:
-            state = await self.kernel.snapshot()
-            veth = state.link(want.veth) if want is not None else None
-            if veth is None or veth.alias != veth_alias(key):
-                veth = state.link_by_alias(veth_alias(key))  # by alias: also when the record is gone
-            ip = want.ip if want is not None else None
-            if ip is None and veth is not None:
-                ip = next((r.dst[:-3] for r in state.routes if r.table == MAIN_TABLE and r.oif == veth.index
-                           and r.scope == SCOPE_LINK and r.dst.endswith("/32")), None)
-            removed: list[str] = []
-            held = {str(a.ip) for e in live_endpoints(self.records.endpoints(), self.node) if e is not endpoint
-                    and endpoint_key(e.node, e.container_id, e.ifname) != key for a in e.addresses}
-            if ip is not None and ip not in held:
-                for rule in state.rules:
-                    if rule.pod_ip == ip and await self.kernel.delete_rule(rule):
-                        removed.append(rule.describe())
+            if want is not None:  # the names are known: no dump
+                veth = await self.kernel.link(want.veth)
+                veth = veth if veth is not None and veth.alias == alias else None  # else another container's
+                ip: str | None = want.ip
+                rules = list(want.rules())
+            else:  # no record: find the veth by its alias and the IP by its host route
+                state = await self.kernel.snapshot()
+                veth = state.link_by_alias(alias)
+                ip = None if veth is None else next(
+                    (r.dst[:-3] for r in state.routes if r.table == MAIN_TABLE and r.oif == veth.index
+                     and r.scope == SCOPE_LINK and r.dst.endswith("/32")), None)
+                rules = [r for r in state.rules if ip is not None and r.pod_ip == ip]
+            held = {str(a.ip) for e in live_endpoints(self.records.endpoints(), self.node)
+                    if endpoint_key(e.node, e.container_id, e.ifname) != key for a in e.addresses}
+            removed = [r.describe() for r in await self.kernel.delete_rules(rules)] if ip not in held else []
             if veth is not None:
                 async with self._veth_lock(veth.name):
                     if await self.kernel.delete_link(veth):

@@ -193,7 +193,7 @@ class Kernel:
         changes: list[str] = []
         async with self._sockets(pod_ns) as (node, pod):
             veth = await self._link(node, want.veth)
-            pod_if = await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
+            pod_if = None if veth is None else await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
             keep = (veth is not None and veth.alias == want.alias and pod_if is not None
                     and pod_if.mac == want.pod_mac)
             if veth is not None and not keep:
@@ -267,6 +267,21 @@ class Kernel:
     async def delete_link(self, link: Link) -> bool:
         """Delete a link (its routes and neighbours go with it); False when it was already gone."""
         return await self._quietly(f"delete link {link.name}", lambda ipr: ipr.link("del", index=link.index))
+
+    async def link(self, name: str) -> Link | None:
+        async with self._sockets() as (ipr,):
+            return await self._link(ipr, name)
+
+    async def delete_rules(self, rules: list[Rule]) -> list[Rule]:
+        """Delete rules; returns those that were there."""
+        deleted: list[Rule] = []
+        if rules:
+            async with self._sockets() as (ipr,):
+                for rule in rules:
+                    if await netns.nl(f"delete {rule.describe()}", _mark(ipr.rule("del", **_rule_args(rule))),
+                                      ok=GONE):
+                        deleted.append(rule)
+        return deleted
 
     async def delete_rule(self, rule: Rule) -> bool:
         return await self._quietly(f"delete {rule.describe()}", lambda ipr: ipr.rule("del", **_rule_args(rule)))
