@@ -231,6 +231,26 @@ def svc_ls(
         render_services(services, console)
 
 
+@app.command("install-cni")
+def install_cni_cmd(
+    node: Annotated[str, typer.Option(help="the node the plugin's gateway serves")],
+    bin_dir: Annotated[Path, typer.Option("--bin-dir", help="where the plugin binary goes (e.g. /opt/cni/bin)")],
+    conf_dir: Annotated[Path, typer.Option("--conf-dir", help="where the conflist goes (e.g. /etc/cni/net.d)")],
+    socket: Annotated[Path, typer.Option(help="the cni_gateway's unix socket")] = Path("/run/cce-net/cni.sock"),
+    chain: Annotated[str, typer.Option(help="plugins chained after ours, e.g. portmap,bandwidth")] = "",
+) -> None:
+    """Install the CNI plugin `<bin-dir>/cce` and `<conf-dir>/10-cce.conflist` (idempotent; keeps other plugins)."""
+    from services.cni_gateway.install import InstallError, install_cni
+
+    try:
+        done = install_cni(bin_dir, conf_dir, node, socket, [c.strip() for c in chain.split(",") if c.strip()])
+    except (InstallError, OSError) as err:
+        err_console.print(f"[red]install-cni failed: {err}[/red]")
+        raise typer.Exit(1) from None
+    for path, changed in ((done.plugin, done.plugin_changed), (done.conflist, done.conflist_changed)):
+        console.print(f"{'wrote' if changed else 'unchanged'} {path}")
+
+
 @app.command()
 def compose(
     check: Annotated[bool, typer.Option("--check", help="exit 1 if the file is stale")] = False,
