@@ -14,6 +14,7 @@ import shutil
 import statistics
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -160,8 +161,9 @@ def spec(with_eni: bool = True) -> FabricSpec:
     return FabricSpec((InstanceSpec("i-a", primary, (eni,) if with_eni else ()),))
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
+@asynccontextmanager
+async def new_world() -> AsyncIterator[World]:
+    """A fabric (router + node namespace with the ENI) and three pod namespaces, all removed afterwards."""
     prefix = f"dp{os.getpid() % 100000}x{next(_seq)}"
     fabric = Fabric(prefix=prefix)
     pods = [f"{prefix}pod{i}" for i in range(3)]  # not "<prefix>-*": the fabric would take them for its own
@@ -173,6 +175,12 @@ async def world() -> AsyncIterator[World]:
         for name in pods:
             netns.remove_namespace(name)
         await fabric.teardown()
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with new_world() as w:
+        yield w
 
 
 async def node_objects(ns: str, ip: str, veth: str | None = None) -> list[str]:
