@@ -1,0 +1,217 @@
+"""node_datapath's pure planning (services/node_datapath/domain.py): names, desired state from Eni and CceEndpoint
+records, plans against a hand-made kernel snapshot, problems, stale things and the two-phase GC. Unit tier."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from schemas.base import NetworkMode
+from schemas.records import CceEndpoint, EndpointAddress, EndpointState, Eni, EniState, EniUse, PrivateIp
+from services.node_datapath.domain import (
+    MAIN_TABLE,
+    SCOPE_LINK,
+    Addr,
+    Link,
+    Neigh,
+    NetState,
+    PlanError,
+    Route,
+    Rule,
+    check_pod,
+    derived_mac,
+    eni_want,
+    enis_on_node,
+    find_stale,
+    host_veth_name,
+    key_of_alias,
+    live_endpoints,
+    plan_eni,
+    plan_gc,
+    plan_host,
+    pod_want,
+    veth_alias,
+)
+
+MAC = "02:00:00:00:01:01"
+
+
+def eni(index: int = 1, **kw: object) -> Eni:
+    values: dict[str, object] = dict(
+        eni_id="eni-a", node="node-a", instance_id="i-a", subnet_id="sbn-1", subnet_cidr=IPv4Network("10.0.1.0/24"),
+        mac=MAC.upper(), state=EniState.INUSE, index=index,
+        private_ips=[PrivateIp(ip=IPv4Address("10.0.1.5"), primary=True), PrivateIp(ip=IPv4Address("10.0.1.20"))])
+    values.update(kw)
+    return Eni.model_validate(values)
+
+
+def endpoint(cid: str = "c1", ip: str = "10.0.1.20", **kw: object) -> CceEndpoint:
+    values: dict[str, object] = dict(
+        node="node-a", container_id=cid, ifname="eth0", namespace="default", pod=f"pod-{cid}",
+        state=EndpointState.READY,
+        addresses=[EndpointAddress(ip=IPv4Address(ip), gateway=IPv4Address("10.0.1.1"), eni_id="eni-a",
+                                   route_table=128)])
+    values.update(kw)
+    return CceEndpoint.model_validate(values)
+
+
+def configured_eni_state() -> NetState:
+    link = Link(5, "cce-eni-1", MAC, True, kind="veth")
+    return NetState(
+        links=(Link(1, "lo", "00:00:00:00:00:00", True), link),
+        addrs=(Addr(5, "10.0.1.5", 24),),
+        routes=(Route(128, "10.0.1.1/32", 5, None, SCOPE_LINK), Route(128, "0.0.0.0/0", 5, "10.0.1.1")),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- names
+
+
+def test_host_veth_names_are_deterministic_and_fit_ifnamsiz() -> None:
+    name = host_veth_name("default", "web-0", "eth0")
+    assert name.startswith("cce") and len(name) == 14
+    assert name == host_veth_name("default", "web-0", "eth0")
+    assert name != host_veth_name("default", "web-0", "net1") != host_veth_name("other", "web-0", "eth0")
+
+
+def test_the_alias_maps_a_veth_back_to_its_endpoint() -> None:
+    assert key_of_alias(veth_alias("node-a.c1.eth0")) == "node-a.c1.eth0"
+    assert key_of_alias("someone else's") is None and key_of_alias("cce-net ") is None
+
+
+def test_derived_macs_are_stable_locally_administered_unicast() -> None:
+    mac = derived_mac("pod node-a.c1.eth0")
+    first = int(mac.split(":")[0], 16)
+    assert mac == derived_mac("pod node-a.c1.eth0") and len(mac) == 17
+    assert first & 0x02 and not first & 0x01
+
+
+# ------------------------------------------------------------------------------------------------------ ENIs
+
+
+def test_only_attached_secondary_ip_enis_of_the_node_are_configured() -> None:
+    mine = eni(1)
+    others = [eni(2, eni_id="eni-b", node="node-b"), eni(3, eni_id="eni-c", state=EniState.DETACHING),
+              eni(4, eni_id="eni-d", use=EniUse.PRIMARY_NIC)]
+    assert enis_on_node([*others, mine], "node-a") == [mine]
+
+
+def test_an_eni_without_mac_or_primary_ip_cannot_be_planned() -> None:
+    with pytest.raises(PlanError, match="no MAC"):
+        eni_want(eni(mac=""))
+    with pytest.raises(PlanError, match="no primary IP"):
+        eni_want(eni(private_ips=[PrivateIp(ip=IPv4Address("10.0.1.20"))]))
+    with pytest.raises(PlanError, match="no route table"):
+        eni_want(eni(200))
+
+
+def test_a_fresh_eni_link_is_renamed_raised_addressed_and_routed() -> None:
+    want = eni_want(eni(1))
+    assert (want.link, want.table, want.ip, want.prefixlen, want.gateway) == ("cce-eni-1", 128, "10.0.1.5", 24,
+                                                                              "10.0.1.1")
+    fresh = NetState(links=(Link(7, "e6fc34c8fc8", MAC, False, kind="veth"),),
+                     routes=(Route(128, "10.9.0.0/16", 7, None, SCOPE_LINK),))
+    plan = plan_eni(want, fresh)
+    assert plan.rename and plan.set_up and plan.add_address
+    assert plan.replace_routes == (Route(128, "10.0.1.1/32", 7, None, SCOPE_LINK),
+                                   Route(128, "0.0.0.0/0", 7, "10.0.1.1"))
+    assert plan.delete_routes == (Route(128, "10.9.0.0/16", 7, None, SCOPE_LINK),)
+    assert plan.sysctls["net/ipv4/conf/cce-eni-1/proxy_arp"] == "1"
+    assert plan.sysctls["net/ipv4/conf/cce-eni-1/rp_filter"] == "0"
+
+
+def test_a_configured_eni_needs_no_change() -> None:
+    plan = plan_eni(eni_want(eni(1)), configured_eni_state())
+    assert not plan.changes_link
+
+
+def test_eni_link_missing_or_its_name_taken() -> None:
+    with pytest.raises(PlanError, match=f"no link with MAC {MAC}"):
+        plan_eni(eni_want(eni(1)), NetState())
+    taken = NetState(links=(Link(7, "e1", MAC, False), Link(8, "cce-eni-1", "02:00:00:00:09:09", True)))
+    with pytest.raises(PlanError, match="taken"):
+        plan_eni(eni_want(eni(1)), taken)
+
+
+# ------------------------------------------------------------------------------------------------------ pods
+
+
+def test_a_pod_routes_through_its_enis_table() -> None:
+    want = pod_want(endpoint(), {"eni-a": eni(2)})
+    assert want.table == 129  # the ENI record's index wins over a stale route_table in the endpoint
+    assert want.rules() == (Rule(512, MAIN_TABLE, dst="10.0.1.20/32"), Rule(1536, 129, src="10.0.1.20/32"))
+    assert want.veth == host_veth_name("default", "pod-c1", "eth0")
+    assert pod_want(endpoint(), {}).table == 128  # ENI record not loaded: the endpoint's table
+
+
+def test_primary_nic_pods_need_no_rules_and_other_modes_are_refused() -> None:
+    assert pod_want(endpoint(mode=NetworkMode.VPC_ENI_PRIMARY), {}).rules() == ()
+    with pytest.raises(PlanError, match="not supported"):
+        pod_want(endpoint(mode=NetworkMode.VPC_ROUTE), {})
+    with pytest.raises(PlanError, match="no address"):
+        pod_want(endpoint(addresses=[]), {})
+
+
+def test_releasing_endpoints_and_other_nodes_are_not_live() -> None:
+    eps = [endpoint("c1"), endpoint("c2", state=EndpointState.RELEASING), endpoint("c3", node="node-b")]
+    assert [e.container_id for e in live_endpoints(eps, "node-a")] == ["c1"]
+
+
+def test_check_names_each_missing_piece() -> None:
+    want = pod_want(endpoint(), {})
+    veth = Link(9, want.veth, want.host_mac, True, alias=want.alias)
+    node = NetState(links=(veth,), routes=(), rules=(want.rules()[0],),
+                    neighs=(Neigh(9, "10.0.1.20", want.pod_mac, True),))
+    eth0 = Link(2, "eth0", want.pod_mac, True)
+    pod = NetState(links=(eth0,), addrs=(Addr(2, "10.0.1.20", 32),),
+                   routes=(Route(MAIN_TABLE, "10.0.1.1/32", 2, None, SCOPE_LINK),
+                           Route(MAIN_TABLE, "0.0.0.0/0", 2, "10.0.1.1")),
+                   neighs=(Neigh(2, "10.0.1.1", want.host_mac, True),))
+    assert check_pod(want, node, pod) == [
+        f"route 10.0.1.20/32 dev {want.veth} missing in main",
+        "rule 1536: from 10.0.1.20/32 lookup 128 missing",
+    ]
+    assert plan_host(want, veth, node).routes == (Route(MAIN_TABLE, "10.0.1.20/32", 9, None, SCOPE_LINK),)
+    assert check_pod(want, node, None)[-1] == "pod network namespace is gone"
+    assert check_pod(want, NetState(), pod) == [f"host veth {want.veth} missing"]
+
+
+# ------------------------------------------------------------------------------------------------------- GC
+
+
+def test_stale_veths_rules_and_eni_tables_are_found() -> None:
+    live = pod_want(endpoint("c1"), {})
+    gone_alias = veth_alias("node-a.c9.eth0")
+    state = NetState(
+        links=(Link(9, live.veth, live.host_mac, True, alias=live.alias), Link(10, "cceold", "x", True,
+                                                                                alias=gone_alias),
+               Link(11, "eth0", "y", True)),
+        rules=(*live.rules(), Rule(1536, 128, src="10.0.1.99/32"), Rule(1536, 130, dst=None, src="10.0.1.20/32"),
+               Rule(1000, 128, src="10.0.1.98/32"), Rule(32766, MAIN_TABLE)),
+        routes=(Route(128, "0.0.0.0/0", 5, "10.0.1.1"), Route(130, "0.0.0.0/0", 5, "10.0.1.1"),
+                Route(MAIN_TABLE, "10.0.7.0/24", 11)),
+    )
+    stale = find_stale(state, {live.key: live}, {128})
+    assert sorted(s.what for s in stale) == sorted([
+        "host veth cceold of gone endpoint node-a.c9.eth0",
+        "stale rule 1536: from 10.0.1.99/32 lookup 128",
+        "stale rule 1536: from 10.0.1.20/32 lookup 130",  # the live IP, but the wrong table
+        "stale route 0.0.0.0/0 via 10.0.1.1 dev index 5 in table 130",
+    ])
+    assert next(s for s in stale if s.link is not None).key == "node-a.c9.eth0"
+
+
+def test_gc_marks_first_and_removes_after_the_grace_but_never_a_young_veth() -> None:
+    stale = find_stale(NetState(links=(Link(10, "cceold", "x", True, alias=veth_alias("n.c9.eth0")),),
+                                rules=(Rule(512, MAIN_TABLE, dst="10.0.1.99/32"),)), {}, set())
+    first = plan_gc(stale, {}, now=100.0, grace_s=10, recent_veths={})
+    assert first.remove == () and set(first.marks.values()) == {100.0}
+    early = plan_gc(stale, first.marks, now=105.0, grace_s=10, recent_veths={})
+    assert early.remove == ()
+    due = plan_gc(stale, early.marks, now=110.0, grace_s=10, recent_veths={"cceold": 104.0})
+    assert [s.what for s in due.remove] == ["stale rule 512: to 10.0.1.99/32 lookup 254"]  # the veth is young
+    veth_only = [s for s in stale if s.link is not None]  # the rule is gone now
+    later = plan_gc(veth_only, due.marks, now=114.0, grace_s=10, recent_veths={"cceold": 104.0})
+    assert later.remove == tuple(veth_only) and later.marks == {}
+    assert plan_gc([], later.marks, now=120.0, grace_s=10, recent_veths={}).marks == {}  # no longer stale
