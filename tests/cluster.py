@@ -17,13 +17,14 @@ from chassis.kv import Store
 from chassis.rpc import call
 from cloud.bce import BceSettings, BceVpcApi
 from cloud.port import CloudApi, CloudEni
+from schemas.base import NetworkMode
 from schemas.errors import CceError
 from schemas.messages import AllocateReply, AllocateRequest, NodeRegisterRequest, PodRef
 from schemas.records import Eni, EniProvision, Lease, NodePool, PoolSettings
 from schemas.subjects import ENIS, IPAM_ALLOCATE, LEASES, NODE_REGISTER, POOLS, PROVISION
 from services.vpc_sim.server import SimServer
 
-MODULES = {"ipam": "services.ipam", "eni_manager": "services.eni_manager"}
+MODULES = {"ipam": "services.ipam", "eni_manager": "services.eni_manager", "route_manager": "services.route_manager"}
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Cluster:
     logs: Path
     lease_ttl_s: float = 1.5
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # extra environment per service
 
     def env(self, sid: str) -> dict[str, str]:
         return {**os.environ, "CCE_NATS_URL": self.nats_url, "CCE_SERVICE_ID": sid, "CCE_HTTP_PORT": "0",
@@ -45,7 +47,8 @@ class Cluster:
 
     def start(self, service: str, sid: str) -> subprocess.Popen[bytes]:
         with open(self.logs / f"{sid}.log", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", MODULES[service]], env=self.env(sid), stdout=out,
+            proc = subprocess.Popen([sys.executable, "-m", MODULES[service]],
+                                    env={**self.env(sid), **self.service_env.get(service, {})}, stdout=out,
                                     stderr=subprocess.STDOUT)
         self.procs[sid] = proc
         return proc
@@ -101,12 +104,12 @@ class Cluster:
         return await self.api().list_enis(vpc_id=self.sim.vpc_id, instance_id=instance_id)
 
     async def register(self, name: str, inst: dict[str, object], *, max_pods: int = 110,
-                       pool: PoolSettings | None = None) -> None:
+                       pool: PoolSettings | None = None, mode: NetworkMode = NetworkMode.VPC_ENI) -> None:
         await call(self.bus, NODE_REGISTER, NodeRegisterRequest(
             node=name, instance_id=str(inst["id"]), instance_type=str(inst["instanceType"]),  # type: ignore[arg-type]
             zone=str(inst["zoneName"]), cpus=int(inst["cpuCount"]),  # type: ignore[call-overload]
             memory_mib=int(inst["memoryCapacityInGB"]) * 1024,  # type: ignore[call-overload]
-            max_pods=max_pods, pool=pool), timeout=5)
+            max_pods=max_pods, pool=pool, mode=mode), timeout=5)
 
     async def allocate(self, node: str, cid: str, *, wait_s: float = 30, retries: int = 0,
                        timeout: float = 40) -> AllocateReply:

@@ -1,6 +1,7 @@
 """A node's pool of pod IPs in ENI secondary-IP mode, as plain data and functions (no I/O, no clock reads).
 
-The IPs ipam may hand out on a node are the secondary IPs of the node's in-use secondary-IP ENIs, less those
+The IPs ipam may hand out on a node are the secondary IPs of the node's in-use secondary-IP ENIs (vpc-route: the
+host addresses of the node's active CIDRs whose VPC route rule is programmed, less the router address), less those
 claimed (`pool.allocated`), cooling down (`pool.cooldown`, until their time) or being released
 (`pool.releasing`). Every change returns a new `NodePool`; the service writes it by compare-and-set, so two
 replicas never give one IP to two pods. Decisions that touch more than one IP come back as plans.
@@ -12,13 +13,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from schemas.base import NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.messages import AllocateRequest
 from schemas.records import (
     CceEndpoint,
+    ClusterCidrPool,
     EndpointAddress,
     EndpointState,
     Eni,
@@ -26,6 +28,8 @@ from schemas.records import (
     EniState,
     EniUse,
     NodeCapacity,
+    NodeCidr,
+    NodeCidrState,
     NodePool,
     NodeSpec,
     NodeStatus,
@@ -33,6 +37,8 @@ from schemas.records import (
     PoolSettings,
     ReleaseMark,
     ReleaseState,
+    RouteRule,
+    RouteRuleState,
 )
 from services.ipam import watermarks as wm
 
@@ -47,10 +53,16 @@ LIVE_ENI_STATES = frozenset({EniState.AVAILABLE, EniState.ATTACHING, EniState.IN
 
 @dataclass(frozen=True)
 class IpSlot:
-    """One secondary IP of one ENI."""
+    """One pod address: a secondary IP of an ENI, or (vpc-route) a host address of one of the node's CIDRs."""
 
     ip: IPv4Address
-    eni: Eni
+    eni: Eni | None = None
+    cidr: IPv4Network | None = None
+
+    @property
+    def origin(self) -> str:
+        """What the address comes from: the ENI id or the node CIDR."""
+        return self.eni.eni_id if self.eni is not None else str(self.cidr)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,13 @@ class NodeFacts:
     spec: NodeSpec
     enis: tuple[Eni, ...] = ()
     provision: EniProvision | None = None
+    cidrs: tuple[NodeCidr, ...] = ()  # vpc-route: the node's CIDRs (route_manager's records)
+    routes: tuple[RouteRule, ...] = ()  # vpc-route: the route rules of those CIDRs
+    cidr_pool: ClusterCidrPool | None = None
+
+    @property
+    def is_route_mode(self) -> bool:
+        return self.spec.mode is NetworkMode.VPC_ROUTE
 
     @property
     def settings(self) -> PoolSettings:
@@ -92,6 +111,49 @@ class NodeFacts:
         """The node's ENI record (any state) that carries `ip` as a secondary IP."""
         return self._holders.get(ip)
 
+    # ---- vpc-route ---------------------------------------------------------------------------------------------
+
+    @cached_property
+    def node_cidrs(self) -> list[NodeCidr]:
+        """The node's CIDRs, first allocated first (the first carries the router address)."""
+        mine = [c for c in self.cidrs if c.node == self.node]
+        return sorted(mine, key=lambda c: (c.allocated_at, int(c.cidr.network_address)))
+
+    @property
+    def router_ip(self) -> IPv4Address | None:
+        """The pod gateway on the node: the first host address of its first CIDR."""
+        return self.node_cidrs[0].router_ip if self.node_cidrs else None
+
+    def route_of(self, cidr: IPv4Network) -> RouteRule | None:
+        return next((r for r in self.routes if r.destination == cidr), None)
+
+    def is_routed(self, cidr: NodeCidr) -> bool:
+        route = self.route_of(cidr.cidr)
+        return route is not None and route.state is RouteRuleState.PROGRAMMED and route.node == self.node
+
+    @cached_property
+    def usable_cidrs(self) -> list[NodeCidr]:
+        """Active CIDRs whose route rule is programmed: pods there are reachable across the VPC."""
+        return [c for c in self.node_cidrs if c.state is NodeCidrState.ACTIVE and self.is_routed(c)]
+
+    def cidr_holding(self, ip: str) -> NodeCidr | None:
+        addr = IPv4Address(ip)
+        return next((c for c in self.node_cidrs if addr in c.cidr), None)
+
+    def slot_of(self, ip: str) -> IpSlot | None:
+        """The address as a slot of the node (any ENI state, any CIDR state), or None when the node lost it."""
+        if self.is_route_mode:
+            cidr = self.cidr_holding(ip)
+            if cidr is None or IPv4Address(ip) == self.router_ip:
+                return None
+            return IpSlot(IPv4Address(ip), cidr=cidr.cidr)
+        eni = self.eni_holding(ip)
+        return IpSlot(IPv4Address(ip), eni) if eni is not None else None
+
+    def route_slots(self) -> list[IpSlot]:
+        router = self.router_ip
+        return [IpSlot(ip, cidr=c.cidr) for c in self.usable_cidrs for ip in c.cidr.hosts() if ip != router]
+
 
 def _ip_order(ip: IPv4Address | str) -> int:
     return int(IPv4Address(str(ip)))
@@ -104,7 +166,10 @@ class PoolView:
         self.pool = pool
         self.facts = facts
         self.now = now
-        self.slots = [IpSlot(ip, eni) for eni in facts.usable_enis for ip in sorted(eni.secondary_ips, key=int)]
+        if facts.is_route_mode:
+            self.slots = facts.route_slots()
+        else:
+            self.slots = [IpSlot(ip, eni) for eni in facts.usable_enis for ip in sorted(eni.secondary_ips, key=int)]
         self.free_slots: list[IpSlot] = []
         self.cooling = 0
         self.releasing_usable = 0
@@ -190,9 +255,9 @@ def pick_ip(view: PoolView) -> IpSlot | None:
 def held_slot(pool: NodePool, facts: NodeFacts, key: str) -> IpSlot | None:
     """The IP `key` already holds, if it is still on one of the node's ENIs."""
     for ip, holder in sorted(pool.allocated.items(), key=lambda kv: _ip_order(kv[0])):
-        eni = facts.eni_holding(ip) if holder == key else None
-        if eni is not None:
-            return IpSlot(IPv4Address(ip), eni)
+        slot = facts.slot_of(ip) if holder == key else None
+        if slot is not None:
+            return slot
     return None
 
 
@@ -279,10 +344,16 @@ def release_ip(pool: NodePool, key: str, cooldown_s: float, now: datetime) -> tu
 # ---- endpoints -------------------------------------------------------------------------------------------------
 
 
-def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: datetime, ttl_s: float) -> CceEndpoint:
+def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: datetime, ttl_s: float,
+                 router_ip: IPv4Address | None = None) -> CceEndpoint:
     eni = slot.eni
-    address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=eni.gateway, subnet_cidr=eni.subnet_cidr,
-                              eni_id=eni.eni_id, subnet_id=eni.subnet_id, route_table=ROUTE_TABLE_BASE + eni.index)
+    if eni is None:  # vpc-route: the node's router address is the gateway; no ENI, no per-ENI table
+        assert router_ip is not None and slot.cidr is not None
+        address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=router_ip, subnet_cidr=slot.cidr)
+    else:
+        address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=eni.gateway, subnet_cidr=eni.subnet_cidr,
+                                  eni_id=eni.eni_id, subnet_id=eni.subnet_id,
+                                  route_table=ROUTE_TABLE_BASE + eni.index)
     return CceEndpoint(node=req.node, container_id=req.container_id, ifname=req.ifname, namespace=req.pod.namespace,
                        pod=req.pod.name, pod_uid=req.pod.uid, mode=mode, state=EndpointState.ALLOCATED,
                        addresses=[address], created_at=now, expires_at=now + timedelta(seconds=ttl_s),
@@ -384,8 +455,9 @@ def choose_excess(view: PoolView, count: int) -> dict[str, str]:
         eni = view.facts.eni_holding(ip)
         if eni is not None:
             used_on[eni.eni_id] = used_on.get(eni.eni_id, 0) + 1
-    ranked = sorted(view.free_slots, key=lambda s: (used_on.get(s.eni.eni_id, 0), -s.eni.index, -int(s.ip)))
-    return {str(s.ip): s.eni.eni_id for s in ranked[:count]}
+    slots = [s for s in view.free_slots if s.eni is not None]
+    ranked = sorted(slots, key=lambda s: (used_on.get(s.origin, 0), -(s.eni.index if s.eni else 0), -int(s.ip)))
+    return {str(s.ip): s.origin for s in ranked[:count]}
 
 
 def plan_release(view: PoolView) -> ReleasePlan:
@@ -430,13 +502,14 @@ def maintain_pool(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s
                   removing: bool = False) -> Upkeep:
     """Prune finished cooldowns and stale waiting entries, drive the release handshake, recompute the demand."""
     new = pool.model_copy(deep=True)
-    cooled = sorted((ip for ip, until in pool.cooldown.items() if until <= now or facts.eni_holding(ip) is None),
+    cooled = sorted((ip for ip, until in pool.cooldown.items() if until <= now or facts.slot_of(ip) is None),
                     key=_ip_order)
     for ip in cooled:
         del new.cooldown[ip]
     stale = sorted(k for k, since in pool.waiting.items() if since + timedelta(seconds=waiting_ttl_s) <= now)
     for key in stale:
         del new.waiting[key]
-    plan = ReleasePlan() if removing else plan_release(PoolView(new, facts, now))
+    # vpc-route: no IP-level release handshake; idle CIDRs go back through route_manager
+    plan = ReleasePlan() if removing or facts.is_route_mode else plan_release(PoolView(new, facts, now))
     new = refresh_demand(apply_release(new, plan, now), facts, now, removing)
     return Upkeep(new, not same_pool(pool, new), plan, cooled, stale)

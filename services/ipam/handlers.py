@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from chassis.events import EventPublisher
 from chassis.kv import KEEP, _Keep
 from chassis.logs import get_logger
 from chassis.rpc import RpcServer
+from schemas.base import NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
 from schemas.messages import (
@@ -24,7 +26,7 @@ from schemas.messages import (
 )
 from schemas.records import CceEndpoint, NetResourceSet, NodePool, NodeSpec, PoolSettings
 from schemas.subjects import IPAM_ALLOCATE, IPAM_CONFIRM, IPAM_RELEASE, NODE_REGISTER, NODE_REMOVE, endpoint_key
-from services.ipam import domain
+from services.ipam import domain, route_mode
 from services.ipam.pool_ops import PoolOps, endpoint_ips
 from services.ipam.state import node_key, wait_event
 from services.ipam.watermarks import max_allocate
@@ -128,13 +130,18 @@ class IpamHandlers:
         wait_s = min(wait_s, self.settings.max_wait_s)
         claim = await self._claim(nrs, key, wait_s)
         if claim.slot is None:
+            if nrs.spec.mode is NetworkMode.VPC_ROUTE:
+                current = await self._node(req.node) or nrs
+                raise route_mode.failure(self.state.facts(req.node, nrs.spec), current.status,
+                                         len(claim.pool.allocated), wait_s)
             raise domain.failure(req.node, self.state.provision(req.node), len(claim.pool.allocated),
                                  max_allocate(nrs.spec), wait_s)
         endpoint, reused = await self._record(req, nrs, key, claim.slot, claim.reused)
         if not reused:
+            origin: dict[str, Any] = {"eni_id": claim.slot.eni.eni_id} if claim.slot.eni else {
+                "cidr": str(claim.slot.cidr)}
             await self.events.publish(EventKind.ENDPOINT, "allocated", node=req.node, object=key,
-                                      ip=str(claim.slot.ip), eni_id=claim.slot.eni.eni_id,
-                                      pod=f"{req.pod.namespace}/{req.pod.name}")
+                                      ip=str(claim.slot.ip), pod=f"{req.pod.namespace}/{req.pod.name}", **origin)
         return AllocateReply(endpoint=endpoint, reused=reused)
 
     async def _claim(self, nrs: NetResourceSet, key: str, wait_s: float) -> domain.Claim:
@@ -167,7 +174,9 @@ class IpamHandlers:
     async def _record(self, req: AllocateRequest, nrs: NetResourceSet, key: str, slot: domain.IpSlot,
                       reused: bool) -> tuple[CceEndpoint, bool]:
         """Write the endpoint of a claim; a concurrent request with the same key may have written it first."""
-        endpoint = domain.new_endpoint(req, nrs.spec.mode, slot, self.ops.clock(), self.settings.allocation_ttl_s)
+        router = self.state.facts(req.node, nrs.spec).router_ip if slot.eni is None else None
+        endpoint = domain.new_endpoint(req, nrs.spec.mode, slot, self.ops.clock(), self.settings.allocation_ttl_s,
+                                       router_ip=router)
         try:
             await self.state.stores.endpoints.create(key, endpoint)
         except CceError as err:

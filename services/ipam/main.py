@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chassis.leader import LeaderElector
+from chassis.rpc import call
 from chassis.service import ServiceProcess, run
-from schemas.subjects import IPAM, LEASES
+from schemas.messages import ExpandReply, ExpandRequest
+from schemas.subjects import IPAM, LEASES, ROUTE_EXPAND
 from services.ipam.handlers import IpamHandlers
 from services.ipam.maintenance import Maintenance
 from services.ipam.pool_ops import PoolOps
@@ -41,7 +43,11 @@ async def build(proc: ServiceProcess) -> Ipam:
     elector = LeaderElector(await proc.store(LEASES), settings.maintenance_lease, proc.id, settings.lease_ttl_s)
     proc.elector = elector  # resigned on shutdown, so another replica takes maintenance over at once
     proc.health.add_check("maintenance", lambda: (True, "leader" if elector.is_leader else "standby"))
-    maintenance = Maintenance(ops, proc.events, elector)
+    async def expand(req: ExpandRequest) -> ExpandReply:
+        reply: ExpandReply = await call(proc.bus, ROUTE_EXPAND, req, timeout=settings.expand_timeout_s)
+        return reply
+
+    maintenance = Maintenance(ops, proc.events, elector, expand)
     proc.spawn(elector.run(), name="ipam-maintenance-lease")
     proc.spawn(maintenance.run(), name="ipam-maintenance")
     handlers = IpamHandlers(ops, proc.events)

@@ -6,7 +6,9 @@ period, and removes nodes in two phases (endpoints and pool first, the node reco
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from chassis.events import EventPublisher
 from chassis.kv import KEEP, _Keep
@@ -14,12 +16,18 @@ from chassis.leader import LeaderElector
 from chassis.logs import get_logger
 from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
-from schemas.records import NetResourceSet
-from services.ipam import domain
+from schemas.messages import ExpandReply, ExpandRequest
+from schemas.records import NetResourceSet, NodeStatus
+from services.ipam import domain, route_mode
 from services.ipam.pool_ops import PoolOps, endpoint_ips
 from services.ipam.state import node_key, wait_event
 
 log = get_logger("ipam.maintenance")
+
+Expand = Callable[[ExpandRequest], Awaitable[ExpandReply]]
+# route_manager not reachable or not leading right now: asked again on the next pass, nothing recorded
+TRANSIENT = frozenset({ErrorReason.NOT_LEADER, ErrorReason.SERVICE_UNAVAILABLE, ErrorReason.TIMEOUT,
+                       ErrorReason.CONFLICT})
 
 
 class Grace:
@@ -43,8 +51,11 @@ class Grace:
 
 
 class Maintenance:
-    def __init__(self, ops: PoolOps, events: EventPublisher, elector: LeaderElector) -> None:
+    def __init__(self, ops: PoolOps, events: EventPublisher, elector: LeaderElector,
+                 expand: Expand | None = None) -> None:
         self.ops = ops
+        self.expand = expand
+        self._expanding: dict[str, asyncio.Task[Any]] = {}
         self.state = ops.state
         self.settings = ops.settings
         self.events = events
@@ -91,6 +102,7 @@ class Maintenance:
         if upkeep is not None:
             await self.announce(nrs.name, upkeep)
             await self.publish_status(nrs, upkeep)
+            self.ask_for_cidr(nrs, upkeep)
 
     # ---- endpoints ---------------------------------------------------------------------------------------------
 
@@ -152,20 +164,59 @@ class Maintenance:
 
     async def publish_status(self, nrs: NetResourceSet, upkeep: domain.Upkeep) -> None:
         view = domain.PoolView(upkeep.pool, self.state.facts(nrs.name, nrs.spec), self.ops.clock())
+        status_of = route_mode.node_status if view.facts.is_route_mode else domain.node_status
         cached = self.state.nrs(nrs.name)
-        if cached is not None and domain.node_status(cached.status, view) is None:
+        if cached is not None and status_of(cached.status, view) is None:
             return
+        await self._put_status(nrs.name, lambda status: status_of(status, view))
 
+    async def _put_status(self, node: str, new_status: Callable[[NodeStatus], NodeStatus | None]) -> None:
         def change(current: NetResourceSet | None) -> NetResourceSet | _Keep:
             if current is None or current.status.removing:
                 return KEEP
-            status = domain.node_status(current.status, view)
+            status = new_status(current.status)
             if status is None:
                 return KEEP
             current.status = status
             return current
 
-        await self.state.stores.nodes.mutate(node_key(nrs.name), change)
+        await self.state.stores.nodes.mutate(node_key(node), change)
+
+    # ---- vpc-route: more CIDR before the node runs dry ---------------------------------------------------------
+
+    def ask_for_cidr(self, nrs: NetResourceSet, upkeep: domain.Upkeep) -> None:
+        """Ask route_manager for another CIDR when the node runs low (one ask in flight per node)."""
+        if self.expand is None or nrs.name in self._expanding:
+            return
+        view = domain.PoolView(upkeep.pool, self.state.facts(nrs.name, nrs.spec), self.ops.clock())
+        ask = route_mode.needs_cidr(view)
+        if ask is None:
+            return
+        task = asyncio.create_task(self._expand(nrs.name, ask), name=f"ipam-expand-{nrs.name}")
+        self._expanding[nrs.name] = task
+        task.add_done_callback(lambda _t: self._expanding.pop(nrs.name, None))
+
+    async def _expand(self, node: str, ask: route_mode.Expand) -> None:
+        assert self.expand is not None
+        req = ExpandRequest(node=node, request_id=ask.request_id, free_ips=ask.free)
+        try:
+            reply = await self.expand(req)
+        except CceError as err:
+            if err.reason in TRANSIENT:
+                log.info("expand not served now; asked again later", node=node, reason=err.reason.value)
+                return
+            reason, message = err.reason, err.message
+            log.warning("node cannot get another CIDR", node=node, reason=reason.value, error=message)
+            await self._put_status(node, lambda s: route_mode.with_condition(s, reason, message))
+            await self.events.publish(EventKind.NODE, "cidr-unavailable", node=node, object=node,
+                                      reason=reason, message=message, request_id=ask.request_id)
+            return
+        except Exception as err:  # the bus itself: the next pass asks again
+            log.warning("expand request failed", node=node, error=repr(err))
+            return
+        log.info("node CIDR requested", node=node, request_id=ask.request_id, free=ask.free,
+                 added=str(reply.added), cidrs=[str(c) for c in reply.cidrs])
+        await self._put_status(node, lambda s: route_mode.with_condition(s, None, ""))
 
     # ---- node removal ------------------------------------------------------------------------------------------
 
@@ -179,7 +230,8 @@ class Maintenance:
             await self.events.publish(EventKind.ENDPOINT, "released", node=node, object=key,
                                       ip=",".join(map(str, endpoint_ips(endpoints[key]))), message="node removed")
         await self.ops.upkeep(nrs, removing=True)
-        if endpoints or self.state.enis.of(node) or self.state.provision(node) is not None:
+        if endpoints or self.state.enis.of(node) or self.state.provision(node) is not None \
+                or self.state.node_cidrs.of(node):  # vpc-route: route_manager gives CIDRs back after their rules
             return
         await self.state.stores.pools.delete(node_key(node))
         deleted = False

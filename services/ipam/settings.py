@@ -16,4 +16,5 @@ class IpamSettings(ChassisSettings):
         90.0, gt=0, description="a waiting entry older than this is dropped (its replica is gone)")
     orphan_grace_s: float = Field(
         30.0, ge=0, description="claims without an endpoint, and endpoints without a claim, are collected after this")
+    expand_timeout_s: float = Field(5.0, gt=0, description="vpc-route: how long an ask for another CIDR waits")
     maintenance_lease: str = Field("ipam-maintenance", min_length=1, description="lease name of the maintenance loop")

@@ -12,8 +12,18 @@ from typing import Any, Generic, TypeVar
 from chassis.kv import KvCache, Store, Versioned
 from chassis.service import ServiceProcess
 from schemas.base import Contract, from_subject_token, subject_token
-from schemas.records import CceEndpoint, Eni, EniProvision, NetResourceSet, NodePool, NodeSpec
-from schemas.subjects import ENDPOINTS, ENIS, NODES, POOLS, PROVISION
+from schemas.records import (
+    CceEndpoint,
+    ClusterCidrPool,
+    Eni,
+    EniProvision,
+    NetResourceSet,
+    NodeCidr,
+    NodePool,
+    NodeSpec,
+    RouteRule,
+)
+from schemas.subjects import CIDR_POOL, ENDPOINTS, ENIS, NODE_CIDRS, NODES, POOLS, PROVISION, ROUTES
 from services.ipam.domain import NodeFacts
 
 T = TypeVar("T", bound=Contract)
@@ -102,6 +112,9 @@ class IpamState:
         self.enis: ByNode[Eni] = ByNode(lambda e: e.node)
         self.provisions: ByNode[EniProvision] = ByNode(lambda p: p.node)
         self.endpoints: ByNode[CceEndpoint] = ByNode(lambda ep: ep.node)
+        self.node_cidrs: ByNode[NodeCidr] = ByNode(lambda c: c.node)  # vpc-route, written by route_manager
+        self.routes: ByNode[RouteRule] = ByNode(lambda r: r.node)
+        self._cidr_pool: KvCache[ClusterCidrPool] | None = None
         self.signals = NodeSignals()
         self.listeners: list[Listener] = []
         self._locks: dict[str, asyncio.Lock] = {}
@@ -117,9 +130,13 @@ class IpamState:
     async def _watch(self, proc: ServiceProcess) -> None:
         self._nodes = await proc.cache(NODES, self._keyed_change)
         self._pools = await proc.cache(POOLS, self._keyed_change)
-        for bucket, index in ((ENIS, self.enis), (PROVISION, self.provisions), (ENDPOINTS, self.endpoints)):
+        indexes: tuple[tuple[Any, ByNode[Any]], ...] = (
+            (ENIS, self.enis), (PROVISION, self.provisions), (ENDPOINTS, self.endpoints),
+            (NODE_CIDRS, self.node_cidrs), (ROUTES, self.routes))
+        for bucket, index in indexes:
             cache = await proc.cache(bucket, self._indexed_change(index))
             index.load(cache.items)
+        self._cidr_pool = await proc.cache(CIDR_POOL)
 
     # ---- change notifications --------------------------------------------------------------------------------
 
@@ -163,6 +180,10 @@ class IpamState:
     def provision(self, node: str) -> EniProvision | None:
         return next(iter(self.provisions.of(node).values()), None)
 
+    def cidr_pool(self) -> ClusterCidrPool | None:
+        return self._cidr_pool.get("config") if self._cidr_pool else None
+
     def facts(self, node: str, spec: NodeSpec) -> NodeFacts:
         return NodeFacts(node=node, spec=spec, enis=tuple(self.enis.of(node).values()),
-                         provision=self.provision(node))
+                         provision=self.provision(node), cidrs=tuple(self.node_cidrs.of(node).values()),
+                         routes=tuple(self.routes.of(node).values()), cidr_pool=self.cidr_pool())
