@@ -73,9 +73,14 @@ class CidrAllocator:
                        avoid: Collection[IPv4Network] = ()) -> NodeCidr:
         """Create the first free CIDR for `node`; a key someone else created meanwhile is learnt and skipped."""
         lost: set[IPv4Network] = set()
+        reread = False
         for _ in range(MAX_RACES):
             used = {v.value.cidr for v in self.items.values()} | lost
             cidr = next_free_cidr(self.blocks, self.node_mask, used, avoid)
+            if cidr is None and not reread:  # our view may be stale (a CIDR given back elsewhere): look again
+                reread, lost = True, set()
+                await self.load()
+                continue
             if cidr is None:
                 raise CceError(ErrorReason.CIDR_POOL_EXHAUSTED,
                                f"no free /{self.node_mask} left in {', '.join(map(str, self.blocks))} for {node}",
