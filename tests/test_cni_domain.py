@@ -200,3 +200,61 @@ def test_conflist_puts_ours_first_keeps_user_plugins_and_adds_chained_once() -> 
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": False},
         {"type": "bandwidth", "capabilities": {"bandwidth": True}}]
     assert build_conflist(conflist, "node-1", "/run/cce-net/cni.sock", ["portmap", "bandwidth"]) == conflist
+
+
+# ---- the plugin's own JSON codec (json's C halves, without importing re/enum) ------------------------------------
+
+CODEC_VALUES: list[Any] = [
+    {"cniVersion": "1.0.0", "name": "cce", "plugins": [{"type": "cce", "n": 1, "f": 1.5, "t": True, "x": None}]},
+    [], {}, "héllo \u2603 \"quoted\" \\ \n", 0, -12, 3.25e10, [1, [2, [3, {"a": []}]]],
+]
+
+
+@pytest.mark.parametrize("value", CODEC_VALUES)
+def test_the_plugin_codec_matches_json(value: Any) -> None:
+    from services.cni_gateway import plugin
+
+    text = json.dumps(value)
+    assert plugin.dumps(value) == text
+    assert plugin.loads(text) == value
+    assert plugin.loads(f" \n{text}\n ".encode()) == value
+
+
+@pytest.mark.parametrize("text", ["", "{", "{not json", "[1,]", "{} {}", "nul", "\"unterminated", b"\xff"])
+def test_the_plugin_codec_rejects_what_json_rejects(text: str | bytes) -> None:
+    from services.cni_gateway import plugin
+
+    words = r"Expecting|Extra data|Unterminated|codec"
+    with pytest.raises(ValueError, match=words):
+        json.loads(text)
+    with pytest.raises(ValueError, match=words):
+        plugin.loads(text)
+
+
+def test_the_plugin_imports_neither_re_nor_enum() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from services.cni_gateway import plugin
+
+    run = subprocess.run([os.path.realpath(sys.executable), "-IS", "-X", "importtime", plugin.__file__],
+                         env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert {"_json", "_socket"} <= imported
+    assert not imported & {"re", "enum", "json", "socket", "selectors", "typing"}
+    assert json.loads(run.stdout)["supportedVersions"] == plugin.SUPPORTED_VERSIONS
+
+
+@pytest.mark.parametrize("stdin", ["{not json", "[1,]", "\"abc", "{\"a\": 1", "{}x", ""])
+def test_the_plugin_reports_malformed_stdin_as_code_6_in_a_fresh_interpreter(stdin: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from services.cni_gateway import plugin
+
+    run = subprocess.run([os.path.realpath(sys.executable), "-IS", plugin.__file__], input=stdin,
+                         env={"CNI_COMMAND": "ADD"}, capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr == ""
+    assert json.loads(run.stdout)["code"] == 6
