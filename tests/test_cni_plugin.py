@@ -326,3 +326,56 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+# ---- the gateway as a process --------------------------------------------------------------------------------------
+
+
+async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(settings: ChassisSettings,
+                                                                              bus: Bus) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_cni_fakes import FakeDatapath, FakeIpam, GatewayUnderTest, gateway_settings, short_tmpdir
+
+    root = short_tmpdir()
+    gw = GatewayUnderTest(gateway_settings(settings, root), root)
+    env = {**os.environ, "CCE_NATS_URL": settings.nats_url, "CCE_NODE": NODE, "CCE_CNI_SOCKET": str(gw.socket),
+           "CCE_CNI_BIN_DIR": str(root / "bin"), "CCE_CNI_CONF_DIR": str(root / "conf"),
+           "CCE_CNI_STATE_DIR": str(root / "state"), "CCE_CNI_CHAIN": "portmap", "CCE_LOG_LEVEL": "warning"}
+    ipam, datapath = FakeIpam(bus), FakeDatapath(bus)
+    await ipam.start()
+    await datapath.start()
+    proc = subprocess.Popen([sys.executable, "-m", "services.cni_gateway"], env=env, stderr=subprocess.PIPE)
+    try:
+        await wait_until(lambda: gw.socket.exists() or proc.poll() is not None, timeout=20)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert stat.S_IMODE(gw.socket.stat().st_mode) == 0o600
+        conflist = json.loads((root / "conf" / "10-cce.conflist").read_text())
+        assert [p["type"] for p in conflist["plugins"]] == ["cce", "portmap"]
+        code, result = await gw.exec("ADD", container_id="proc1")
+        assert code == 0 and result is not None and result["ips"][0]["address"] == f"{SUBNET[11]}/32"
+        assert await gw.exec("DEL", container_id="proc1", netns="") == (0, None)
+        assert await ipam.keys() == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert await asyncio.to_thread(proc.wait, 15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stderr:
+                proc.stderr.close()
+            await ipam.stop()
+            await datapath.stop()
+    assert not gw.socket.exists()
+
+
+def test_the_gateway_refuses_to_start_without_a_node() -> None:
+    import pydantic
+
+    from services.cni_gateway.settings import GatewaySettings
+
+    with pytest.raises(pydantic.ValidationError, match="CCE_NODE is required"):
+        GatewaySettings(node="")
