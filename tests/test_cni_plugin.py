@@ -334,7 +334,6 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(settings: ChassisSettings,
                                                                               bus: Bus) -> None:
     import signal
-    import subprocess
     import sys
 
     from tests.test_cni_fakes import FakeDatapath, FakeIpam, GatewayUnderTest, gateway_settings, short_tmpdir
@@ -347,10 +346,13 @@ async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(se
     ipam, datapath = FakeIpam(bus), FakeDatapath(bus)
     await ipam.start()
     await datapath.start()
-    proc = subprocess.Popen([sys.executable, "-m", "services.cni_gateway"], env=env, stderr=subprocess.PIPE)
+    log_path = root / "gateway.log"
+    with open(log_path, "wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cni_gateway", env=env,
+                                                    stderr=log_file)
     try:
-        await wait_until(lambda: gw.socket.exists() or proc.poll() is not None, timeout=20)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        await wait_until(lambda: gw.socket.exists() or proc.returncode is not None, timeout=20)
+        assert proc.returncode is None, log_path.read_text()
         assert stat.S_IMODE(gw.socket.stat().st_mode) == 0o600
         conflist = json.loads((root / "conf" / "10-cce.conflist").read_text())
         assert [p["type"] for p in conflist["plugins"]] == ["cce", "portmap"]
@@ -359,14 +361,14 @@ async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(se
         assert await gw.exec("DEL", container_id="proc1", netns="") == (0, None)
         assert await ipam.keys() == []
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
         try:
-            assert await asyncio.to_thread(proc.wait, 15) == 0
+            assert await asyncio.wait_for(proc.wait(), 15) == 0, log_path.read_text()
         finally:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.kill()
-            if proc.stderr:
-                proc.stderr.close()
+                await proc.wait()
             await ipam.stop()
             await datapath.stop()
     assert not gw.socket.exists()
