@@ -347,9 +347,12 @@ async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(se
     await ipam.start()
     await datapath.start()
     log_path = root / "gateway.log"
-    with open(log_path, "wb") as log_file:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cni_gateway", env=env,
-                                                    stderr=log_file)
+                                                    stderr=log_fd)
+    finally:
+        os.close(log_fd)
     try:
         await wait_until(lambda: gw.socket.exists() or proc.returncode is not None, timeout=20)
         assert proc.returncode is None, log_path.read_text()
