@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -375,6 +376,7 @@ async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(se
             await ipam.stop()
             await datapath.stop()
     assert not gw.socket.exists()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_gateway_refuses_to_start_without_a_node() -> None:
