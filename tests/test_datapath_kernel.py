@@ -452,3 +452,13 @@ async def test_resync_removes_stale_rules_and_tables_of_enis_that_left(world: Wo
     assert [r.get("src") for r in rules if r["priority"] == 1000] == ["10.0.1.98"]
     assert await node_objects(ns, "10.0.1.99") == []
     assert "128" in {str(r.get("table")) for r in await ip_json(ns, "route", "show", "table", "all")}
+
+
+async def test_an_interface_squatting_the_pod_ifname_is_reported_clearly(world: World) -> None:
+    await world.fabric.apply(spec())
+    dp = world.datapath()
+    await run("ip", "-n", world.pods[0], "link", "add", "eth0", "type", "veth", "peer", "name", "squat")
+    with pytest.raises(CceError, match="interface eth0 already exists in /run/netns/") as info:
+        await dp.setup(world.setup_req(endpoint("c1", POD_IPS[0]), 0))
+    assert info.value.reason is ErrorReason.DATAPATH_FAILED
+    assert await node_objects(world.node_ns, POD_IPS[0]) == []

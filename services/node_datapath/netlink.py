@@ -202,7 +202,13 @@ class Kernel:
                 changes.append(f"replace host veth {want.veth} ({veth.alias or 'no alias'})")
                 veth = None
             if veth is None:
-                await self._create_pair(node, want, pod_ns)
+                try:
+                    await self._create_pair(node, want, pod_ns)
+                except NetnsError as exc:
+                    if exc.errno in EXISTS and await self._link(pod, want.ifname, f"pod namespace {pod_ns}"):
+                        raise NetnsError(f"interface {want.ifname} already exists in {pod_ns} (not ours: its host "
+                                         f"veth {want.veth} is missing)", code=exc.errno) from exc
+                    raise
                 changes.append(f"create veth {want.veth} <-> {want.ifname}")
             veth = await self._link(node, want.veth)
             pod_if = await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
