@@ -82,7 +82,7 @@ class Timing:
     resync_period_s: float = 30.0
     gc_grace_s: float = 10.0
     eni_wait_s: float = 10.0
-    debounce_s: float = 0.2
+    debounce_s: float = 0.5
 
 
 def datapath_error(exc: NetnsError, **details: Any) -> CceError:

@@ -16,4 +16,4 @@ class DatapathSettings(ChassisSettings):
     datapath_gc_grace_s: float = Field(
         10.0, ge=0, description="a stale veth/rule/route is removed only after it stayed stale this long")
     datapath_eni_wait_s: float = Field(10.0, ge=0, description="a pod setup waits this long for its ENI's link")
-    datapath_debounce_s: float = Field(0.2, ge=0, description="record changes are coalesced for this long")
+    datapath_debounce_s: float = Field(0.5, ge=0, description="record changes are coalesced for this long")
