@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cce_net import stack as stack_mod
+from cce_net.pod_cli import pod_app
 from cce_net.sim_cli import sim_app
 from cce_net.topology import COMPOSE_FILE, compose_text
 from chassis.config import ChassisSettings
@@ -29,6 +30,7 @@ app = typer.Typer(help="cce-network: a container network for a cloud VPC, on a N
 svc_app = typer.Typer(help="Micro services on the bus.", no_args_is_help=True)
 app.add_typer(svc_app, name="svc")
 app.add_typer(sim_app, name="sim")
+app.add_typer(pod_app, name="pod")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -81,22 +83,40 @@ def up(
     state_dir: StateDir = DEFAULT_STATE,
     nats_url: NatsUrl = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 60.0,
+    pool: Annotated[str | None, typer.Option(help='pool settings of the simulated nodes as JSON, '
+                                                  'e.g. \'{"cooldown_s": 5, "pre_allocate": 4}\'')] = None,
 ) -> None:
-    """Start the local stack: NATS (embedded unless NATS_URL) and every service, one log file each."""
+    """Start the local stack: NATS (embedded unless NATS_URL) and every service, one log file each.
+    As root, each simulated node also runs its node_datapath and cni_gateway (see `cce-net pod`)."""
     state_dir = state_dir.resolve()
+    pool_settings = _pool_settings(pool)
     existing = stack_mod.read_state(state_dir)
     if existing and stack_mod.pid_alive(existing.get("supervisor_pid")):
         err_console.print(f"a stack is already running from {state_dir} (pid {existing['supervisor_pid']}); "
                           "run `cce-net down` first")
         raise typer.Exit(1)
     if detach:
-        _up_detached(nodes, mode, state_dir, nats_url, timeout)
+        _up_detached(nodes, mode, state_dir, nats_url, timeout, pool)
         return
-    _up_foreground(nodes, mode, state_dir, nats_url, timeout)
+    _up_foreground(nodes, mode, state_dir, nats_url, timeout, pool_settings)
+
+
+def _pool_settings(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    from pydantic import ValidationError
+
+    from schemas.records import PoolSettings
+
+    try:
+        return PoolSettings.model_validate_json(text).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as err:
+        err_console.print(f"[red]--pool: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}[/red]")
+        raise typer.Exit(2) from None
 
 
 def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
-                   timeout: float) -> None:
+                   timeout: float, pool: dict[str, Any] | None) -> None:
     stop = {"now": False}
 
     def on_signal(*_: object) -> None:
@@ -105,7 +125,7 @@ def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     local = stack_mod.LocalStack(state_dir, nodes=nodes, mode=mode.value, nats_url=nats_url,
-                                 say=lambda m: console.print(m))
+                                 say=lambda m: console.print(m), pool=pool)
     try:
         local.start(timeout)
     except Exception as err:
@@ -125,13 +145,15 @@ def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str
 
 
 def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
-                 timeout: float) -> None:
+                 timeout: float, pool: str | None) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / stack_mod.STATE_FILE).unlink(missing_ok=True)
     args = [sys.executable, "-m", "cce_net", "up", "--nodes", str(nodes), "--mode", mode.value,
             "--state-dir", str(state_dir), "--timeout", str(timeout)]
     if nats_url:
         args += ["--nats-url", nats_url]
+    if pool:
+        args += ["--pool", pool]
     log = state_dir / "up.log"
     with open(log, "ab") as out:
         sup = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -34,10 +34,12 @@ class Proc:
     started_at: float = 0.0
     next_start: float = 0.0
     backoff: float = 1.0
+    node: str = ""  # per-node services: the node they serve
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
-        return f"{self.service.name}-{self.replica}"
+        return f"{self.service.name}-{self.node or self.replica}"
 
     @property
     def alive(self) -> bool:
@@ -54,6 +56,9 @@ class LocalStack:
     say: Callable[[str], None] = print
     procs: list[Proc] = field(default_factory=list)
     nats: EmbeddedNats | None = None
+    node_info: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> its dirs, socket, namespace
+    node_services_off: str = ""  # why simulated nodes run without their node services (empty: they run)
+    pool: dict[str, Any] | None = None  # PoolSettings fields the simulated nodes register with
 
     @property
     def url(self) -> str:
@@ -88,6 +93,7 @@ class LocalStack:
             "CCE_LOG_JSON": "true",
             "PYTHONUNBUFFERED": "1",
             **resolve_env(proc.service.env, self.sim_url),
+            **proc.extra_env,
         }
         if proc.service.name == SIM_SERVICE:
             env.setdefault("CCE_SIM_STATE_FILE", str(self.state_dir / "vpc_sim.json"))
@@ -124,12 +130,49 @@ class LocalStack:
         self._wait_healthy(timeout)
         if self.sim_url:
             instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode)
-            register_nodes(self.url, instances, self.mode, timeout)
+            register_nodes(self.url, instances, self.mode, timeout, self.pool)
+            self._start_node_services(instances, timeout)
         self.write_state(ready=True)
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def _start_node_services(self, instances: list[dict[str, Any]], timeout: float) -> None:
+        """node_datapath and cni_gateway for every simulated node, each aimed at the node's namespace in the
+        simulator's fabric (which needs root); their CNI plugin and conflist go under the node's directory."""
+        from services.vpc_sim.admin import SimAdminSync
+
+        fabric = SimAdminSync(self.sim_url).info().get("fabric", {})
+        if not fabric.get("enabled"):
+            self.node_services_off = f"the simulator has no network fabric ({fabric.get('reason', 'unknown')})"
+            self.say(f"simulated nodes run without node services: {self.node_services_off}")
+            return
+        node_procs = []
+        ports = iter(_distinct_free_ports(len(instances) * 2, avoid={p.http_port for p in self.procs}))
+        for inst in instances:
+            node = inst["name"]
+            info = node_layout(self.state_dir, node, f"{self.fabric_prefix}-{inst['id']}")
+            info["instance_id"] = inst["id"]
+            self.node_info[node] = info
+            wait_netns(info["netns"], timeout)
+            env = {
+                "CCE_NODE": node,
+                "CCE_DATAPATH_NETNS": info["netns"],
+                "CCE_CNI_SOCKET": info["socket"],
+                "CCE_CNI_BIN_DIR": info["bin_dir"],
+                "CCE_CNI_CONF_DIR": info["conf_dir"],
+                "CCE_CNI_STATE_DIR": info["state_dir"],
+            }
+            for svc in (s for s in SERVICES if s.per_node):
+                proc = Proc(svc, 1, next(ports), self.state_dir / "logs" / f"{svc.name}-{node}.log", node=node,
+                            extra_env=env)
+                node_procs.append(proc)
+        self.procs.extend(node_procs)
+        for proc in node_procs:
+            self._spawn(proc)
+        self.write_state(ready=False)
+        self._wait_healthy(timeout, node_procs)
+
+    def _wait_healthy(self, timeout: float, procs: list[Proc] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        waiting = list(self.procs)
+        waiting = list(self.procs if procs is None else procs)
         while waiting:
             # alive first: a process that lost its port must not pass on another's health
             waiting = [p for p in waiting if not (p.alive and _healthy(p.http_port))]
@@ -187,10 +230,13 @@ class LocalStack:
             "nats_pid": self.nats.pid if self.nats else None,
             "nodes": self.nodes,
             "mode": self.mode,
+            "pool": self.pool,
             "sim_url": self.sim_url,
             "fabric_prefix": self.fabric_prefix,
+            "node_services_off": self.node_services_off,
+            "node_info": self.node_info,
             "services": [
-                {"id": p.id, "service": p.service.name, "module": p.service.module,
+                {"id": p.id, "service": p.service.name, "module": p.service.module, "node": p.node,
                  "pid": p.popen.pid if p.popen else None, "http": f"http://127.0.0.1:{p.http_port}",
                  "log": str(p.log), "restarts": p.restarts}
                 for p in self.procs
@@ -226,7 +272,8 @@ def ensure_sim_nodes(sim_url: str, nodes: int, mode: str) -> list[dict[str, Any]
     return wanted
 
 
-def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, timeout: float) -> None:
+def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, timeout: float,
+                   pool: dict[str, Any] | None = None) -> None:
     """Register each simulated instance as a node with ipam, as a node's agent does when it starts."""
     import asyncio
 
@@ -235,7 +282,10 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
     from chassis.rpc import call
     from schemas.errors import CceError
     from schemas.messages import NodeRegisterRequest
+    from schemas.records import PoolSettings
     from schemas.subjects import NODE_REGISTER
+
+    settings = PoolSettings.model_validate(pool) if pool else None
 
     async def register_all() -> None:
         bus = await Bus.connect(ChassisSettings(nats_url=nats_url), name="cce-net-up")
@@ -247,6 +297,7 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
                     node=inst["name"], instance_id=inst["id"], instance_type=inst["instanceType"],
                     zone=inst["zoneName"], cpus=inst["cpuCount"], memory_mib=int(inst["memoryCapacityInGB"]) * 1024,
                     mode=mode, primary_ip=inst["internalIp"], primary_mac=inst["nicInfo"]["macAddress"],
+                    pool=settings,
                 )
                 while True:
                     try:
@@ -262,14 +313,35 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
     asyncio.run(register_all())
 
 
-def _distinct_free_ports(count: int) -> list[int]:
+def _distinct_free_ports(count: int, avoid: set[int] | None = None) -> list[int]:
     """`count` different free ports (a port just released can be handed out again by the kernel)."""
     ports: list[int] = []
     while len(ports) < count:
         port = free_port()
-        if port not in ports:
+        if port not in ports and port not in (avoid or set()):
             ports.append(port)
     return ports
+
+
+def node_layout(state_dir: Path, node: str, netns: str) -> dict[str, str]:
+    """Where a simulated node keeps its CNI plugin, conflist, socket and gateway journal."""
+    base = state_dir / "nodes" / node
+    return {"netns": netns, "bin_dir": str(base / "bin"), "conf_dir": str(base / "conf"),
+            "socket": str(base / "cni.sock"), "state_dir": str(base / "state")}
+
+
+# Debian's containernetworking-plugins; chained after ours when CCE_CNI_CHAIN names them (e.g. portmap,bandwidth)
+REFERENCE_PLUGINS = Path("/usr/lib/cni")
+
+
+def wait_netns(name: str, timeout: float) -> None:
+    """The simulator builds an instance's namespace right after creating it; wait for its mount point."""
+    path = Path("/run/netns") / name
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise StackError(f"the simulator did not build namespace {name} within {timeout}s")
+        time.sleep(0.05)
 
 
 def _port_free(port: int) -> bool:
@@ -343,6 +415,11 @@ def down(state_dir: Path, grace: float = 20.0, say: Callable[[str], None] = prin
         say(f"pid {pid} ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
+    if os.geteuid() == 0:
+        from cce_net.pods import remove_all
+
+        for pod in remove_all(state_dir):
+            say(f"removed pod {pod}")
     if state.get("fabric_prefix"):
         _teardown_fabric(state["fabric_prefix"], say)
     return True

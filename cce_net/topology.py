@@ -48,6 +48,11 @@ SERVICES: tuple[ServiceDef, ...] = (
                replicas=2, env=CLOUD_ENV),
     ServiceDef("route_manager", "services.route_manager", "node CIDRs and VPC routes (leader + standby)",
                replicas=2, env=CLOUD_ENV),
+    # One of each per node; on simulated nodes they target the node's namespace in the simulator's fabric.
+    ServiceDef("node_datapath", "services.node_datapath", "programs the node: ENI links, pod veths, routes, rules",
+               per_node=True),
+    ServiceDef("cni_gateway", "services.cni_gateway", "the CNI plugin's unix socket: ADD/DEL/CHECK to the bus",
+               per_node=True),
 )
 
 SIM_SERVICE = "vpc_sim"
