@@ -74,8 +74,9 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-def netns_name(namespace: str, name: str) -> str:
-    return NETNS_PREFIX + hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:12]
+def netns_name(state_dir: Path, namespace: str, name: str) -> str:
+    """The pod's namespace name: unique per stack, so two stacks on one machine never share a pod namespace."""
+    return NETNS_PREFIX + hashlib.sha1(f"{state_dir.resolve()}/{namespace}/{name}".encode()).hexdigest()[:12]
 
 
 class PodStore:
@@ -140,7 +141,7 @@ class Pods:
             if existing.result is not None:
                 return existing
             self.delete(ref)  # a half-done ADD: start over
-        record = PodRecord(namespace=namespace, name=name, node=node, netns=netns_name(namespace, name),
+        record = PodRecord(namespace=namespace, name=name, node=node, netns=netns_name(self.state_dir, namespace, name),
                            container_id=secrets.token_hex(32), uid=str(uuid.uuid4()))
         self.store.put(record)
         create_netns(record.netns)
