@@ -45,9 +45,26 @@ class CidrAllocator:
         self.blocks = list(blocks)
         self.node_mask = node_mask
         self.items: dict[str, Versioned[NodeCidr]] = {}
+        self._by_node: dict[str, set[str]] = {}
 
     async def load(self) -> None:
-        self.items = dict(await self.store.list())
+        self.items = {}
+        self._by_node = {}
+        for key, item in (await self.store.list()).items():
+            self._put(key, item)
+
+    def _put(self, key: str, item: Versioned[NodeCidr]) -> None:
+        self._drop(key)
+        self.items[key] = item
+        self._by_node.setdefault(item.value.node, set()).add(key)
+
+    def _drop(self, key: str) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            keys = self._by_node.get(old.value.node, set())
+            keys.discard(key)
+            if not keys:
+                self._by_node.pop(old.value.node, None)
 
     # ---- reads -------------------------------------------------------------------------------------------------
 
@@ -55,14 +72,14 @@ class CidrAllocator:
         return [v.value for v in self.items.values()]
 
     def of(self, node: str) -> list[NodeCidr]:
-        mine = [v.value for v in self.items.values() if v.value.node == node]
+        mine = [self.items[key].value for key in self._by_node.get(node, ())]
         return sorted(mine, key=lambda c: (c.allocated_at, int(c.cidr.network_address)))
 
     def active_of(self, node: str) -> list[NodeCidr]:
         return [c for c in self.of(node) if c.state is NodeCidrState.ACTIVE]
 
     def nodes(self) -> set[str]:
-        return {v.value.node for v in self.items.values()}
+        return set(self._by_node)
 
     def free_count(self) -> int:
         return pool_size(self.blocks, self.node_mask) - len(self.items)
@@ -89,14 +106,14 @@ class CidrAllocator:
                               request_id=request_id, state_since=now)
             key = cidr_key(cidr)
             try:
-                self.items[key] = await self.store.create(key, record)
+                self._put(key, await self.store.create(key, record))
                 return record
             except CceError as err:
                 if not _is_conflict(err):
                     raise
             held = await self.store.get(key)  # taken by another writer: learn who holds it
             if held is not None:
-                self.items[key] = held
+                self._put(key, held)
             lost.add(cidr)
         raise CceError(ErrorReason.CONFLICT, f"gave up allocating a CIDR for {node}: every candidate was raced",
                        node=node)
@@ -109,7 +126,7 @@ class CidrAllocator:
             return None
         record = item.value.model_copy(update={"state": state, "state_since": now})
         try:
-            self.items[key] = await self.store.update(key, record, item.revision)
+            self._put(key, await self.store.update(key, record, item.revision))
         except CceError as err:
             if not _is_conflict(err):
                 raise
@@ -130,12 +147,12 @@ class CidrAllocator:
                 raise
             await self.refresh(key)
             return False
-        self.items.pop(key, None)
+        self._drop(key)
         return True
 
     async def refresh(self, key: str) -> None:
         held = await self.store.get(key)
         if held is None:
-            self.items.pop(key, None)
+            self._drop(key)
         else:
-            self.items[key] = held
+            self._put(key, held)

@@ -21,6 +21,8 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from prometheus_client import Histogram
+
 from chassis.events import EventPublisher
 from chassis.kv import KvCache, Store
 from chassis.logs import get_logger
@@ -45,6 +47,8 @@ from services.route_manager.settings import RouteManagerSettings
 
 log = get_logger("route_manager.reconciler")
 
+ROUND_SECONDS = Histogram("cce_route_round_seconds", "one route_manager round: CIDRs, releases, route sync",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 POOL_KEY = "config"
 
@@ -163,11 +167,18 @@ class RouteManager:
     async def round(self) -> SyncResult | None:
         if not await self.ensure_ready():
             return None
+        started = asyncio.get_running_loop().time()
         await self._first_cidrs()
         await self._releases()
         result = await self.routes.sync(self.desired())
         await self._give_back(result)
+        took = asyncio.get_running_loop().time() - started
+        ROUND_SECONDS.observe(took)
         self.rounds += 1
+        if result.created or result.deleted or result.failed:
+            log.info("route round", took_ms=round(took * 1000, 1), rules=len(result.listing),
+                     created=len(result.created), deleted=len(result.deleted), failed=len(result.failed),
+                     conflicts=len(result.diff.conflicts))
         return result
 
     async def ensure_ready(self) -> bool:

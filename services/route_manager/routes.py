@@ -8,6 +8,7 @@ the coded reason in the record); nothing is retried here: the next pass (a perio
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -34,6 +35,8 @@ from services.route_manager.domain import (
 
 log = get_logger("route_manager.routes")
 
+CHUNK = 8  # cloud calls of one pass in flight at once
+
 _VOLATILE = {"updated_at"}
 
 
@@ -46,12 +49,14 @@ class SyncResult:
     created: list[IPv4Network] = field(default_factory=list)
     deleted: list[IPv4Network] = field(default_factory=list)
     failed: dict[IPv4Network, ErrorReason] = field(default_factory=dict)
+    _held: set[str] | None = field(default=None, repr=False)  # our destinations left after the pass, computed once
 
     def ours_on(self, destination: IPv4Network, cluster_id: str) -> bool:
         """Whether a rule of ours still holds `destination` after the pass."""
-        gone = {str(d) for d in self.deleted}
-        return any(is_ours(r, cluster_id) and r.destination == str(destination) and str(destination) not in gone
-                   for r in self.listing)
+        if self._held is None:
+            self._held = {r.destination for r in self.listing if is_ours(r, cluster_id)} - {
+                str(d) for d in self.deleted}
+        return str(destination) in self._held
 
 
 class RouteSync:
@@ -75,7 +80,7 @@ class RouteSync:
         self.foreign = foreign_destinations(listing, self.cluster_id)
         result = SyncResult(listing=listing, diff=plan_routes(wanted.values(), listing, self.cluster_id, self.policy))
         await self._delete(result)
-        await self._create(result, wanted)
+        await self._create(result)
         for dest, rule_id in result.diff.programmed.items():
             await self._record(wanted[dest], RouteRuleState.PROGRAMMED, rule_id=rule_id)
         for conflict in result.diff.conflicts:
@@ -86,43 +91,55 @@ class RouteSync:
         return result
 
     async def _delete(self, result: SyncResult) -> None:
-        for rule in result.diff.delete:
-            dest = IPv4Network(rule.destination, strict=False)
-            try:
-                await self.api.delete_route_rule(rule.rule_id)
-            except CceError as err:
-                if err.reason is not ErrorReason.CLOUD_NOT_FOUND:
-                    log.warning("route rule not deleted", rule_id=rule.rule_id, destination=str(dest),
-                                reason=err.reason.value, error=err.message)
-                    result.failed[dest] = err.reason
-                    continue
-            result.deleted.append(dest)
-            log.info("route rule deleted", rule_id=rule.rule_id, destination=str(dest), next_hop=rule.next_hop_id)
-            await self.events.publish(EventKind.ROUTE, "deleted", node=_node_of(rule, self.cluster_id),
-                                      object=str(dest), rule_id=rule.rule_id, next_hop=rule.next_hop_id)
+        rules = result.diff.delete
+        for i in range(0, len(rules), CHUNK):
+            await asyncio.gather(*(self._delete_one(result, rule) for rule in rules[i:i + CHUNK]))
 
-    async def _create(self, result: SyncResult, wanted: Mapping[IPv4Network, DesiredRule]) -> None:
-        quota_hit: CceError | None = None
-        for want in result.diff.create:
-            if quota_hit is not None:  # the table is full: the rest wait for room without asking again
-                result.failed[want.destination] = quota_hit.reason
-                await self._record(want, RouteRuleState.PENDING, reason=quota_hit.reason, message=quota_hit.message)
-                continue
-            try:
-                rule_id = await self.api.create_route_rule(
-                    route_table_id=self.route_table_id, destination=str(want.destination),
-                    next_hop_instance=want.next_hop, description=want.description)
-            except CceError as err:
-                if err.reason is ErrorReason.ROUTE_QUOTA_EXCEEDED:
-                    quota_hit = err
-                result.failed[want.destination] = err.reason
-                log.warning("route rule not created", destination=str(want.destination), node=want.node,
+    async def _delete_one(self, result: SyncResult, rule: CloudRouteRule) -> None:
+        dest = IPv4Network(rule.destination, strict=False)
+        try:
+            await self.api.delete_route_rule(rule.rule_id)
+        except CceError as err:
+            if err.reason is not ErrorReason.CLOUD_NOT_FOUND:
+                log.warning("route rule not deleted", rule_id=rule.rule_id, destination=str(dest),
                             reason=err.reason.value, error=err.message)
-                await self._record(want, RouteRuleState.PENDING, reason=err.reason, message=err.message)
+                result.failed[dest] = err.reason
+                return
+        result.deleted.append(dest)
+        log.info("route rule deleted", rule_id=rule.rule_id, destination=str(dest), next_hop=rule.next_hop_id)
+        await self.events.publish(EventKind.ROUTE, "deleted", node=_node_of(rule, self.cluster_id),
+                                  object=str(dest), rule_id=rule.rule_id, next_hop=rule.next_hop_id)
+
+    async def _create(self, result: SyncResult) -> None:
+        """Create in chunks; once the table is full the rest wait for room without asking the cloud again."""
+        wants = result.diff.create
+        quota: list[CceError] = []
+        for i in range(0, len(wants), CHUNK):
+            chunk = wants[i:i + CHUNK]
+            if quota:
+                for want in chunk:
+                    result.failed[want.destination] = quota[0].reason
+                    await self._record(want, RouteRuleState.PENDING, reason=quota[0].reason,
+                                       message=quota[0].message)
                 continue
-            result.created.append(want.destination)
-            log.info("route rule created", destination=str(want.destination), node=want.node, rule_id=rule_id)
-            await self._record(want, RouteRuleState.PROGRAMMED, rule_id=rule_id, created=True)
+            await asyncio.gather(*(self._create_one(result, want, quota) for want in chunk))
+
+    async def _create_one(self, result: SyncResult, want: DesiredRule, quota: list[CceError]) -> None:
+        try:
+            rule_id = await self.api.create_route_rule(
+                route_table_id=self.route_table_id, destination=str(want.destination),
+                next_hop_instance=want.next_hop, description=want.description)
+        except CceError as err:
+            if err.reason is ErrorReason.ROUTE_QUOTA_EXCEEDED:
+                quota.append(err)
+            result.failed[want.destination] = err.reason
+            log.warning("route rule not created", destination=str(want.destination), node=want.node,
+                        reason=err.reason.value, error=err.message)
+            await self._record(want, RouteRuleState.PENDING, reason=err.reason, message=err.message)
+            return
+        result.created.append(want.destination)
+        log.info("route rule created", destination=str(want.destination), node=want.node, rule_id=rule_id)
+        await self._record(want, RouteRuleState.PROGRAMMED, rule_id=rule_id, created=True)
 
     async def _record(self, want: DesiredRule, state: RouteRuleState, *, rule_id: str | None = None,
                       reason: ErrorReason | None = None, message: str = "", conflict: str = "",
@@ -130,6 +147,11 @@ class RouteSync:
         """Write the destination's record when it changes; a change of state or reason is an event."""
         key = cidr_key(want.destination)
         previous = self.items.get(key)
+        if previous is not None and (previous.state, previous.rule_id, previous.reason, previous.message,
+                                     previous.conflict, previous.node, previous.next_hop_instance,
+                                     previous.route_table_id) == (state, rule_id, reason, message, conflict,
+                                                                  want.node, want.next_hop, self.route_table_id):
+            return  # the common case of a periodic pass: nothing to write, nothing to build
         record = RouteRule(destination=want.destination, node=want.node, route_table_id=self.route_table_id,
                            next_hop_instance=want.next_hop, description=want.description, rule_id=rule_id,
                            state=state, conflict=conflict, reason=reason, message=message, updated_at=utcnow())
