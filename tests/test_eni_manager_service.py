@@ -285,7 +285,11 @@ async def test_confirmed_releases_are_deleted_in_the_cloud_and_the_record_but_ma
         assert not set(confirmed) & set(cloud.secondary_ips)
         assert marked in cloud.secondary_ips
         assert cloud.primary_ip is not None
-        assert sum(e.data["count"] for e in world.seen("ip", "removed")) == 2
+        # the event is published after the cloud call and the record; it may reach us a moment later
+        async def removed_two() -> bool:
+            return sum(e.data["count"] for e in world.seen("ip", "removed")) == 2
+
+        await until(removed_two, "the ip.removed event")
 
 
 # ---- coded failures --------------------------------------------------------------------------------------------
