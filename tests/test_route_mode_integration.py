@@ -226,6 +226,8 @@ async def test_killing_the_route_manager_leader_mid_allocation_never_gives_a_cid
             table[str(x)].next_hop_id == instances[n]["id"] for x, n in owners.items())
 
     await until(settled, 20, "every CIDR routed to its own node, and no other rule")
+    await asyncio.sleep(1.5)  # the last ask ipam makes after a fill lands within ms; let it, then look again
+    await until(settled, 20, "every CIDR routed to its own node, and no other rule")
     for n in names:
         status = (await ready(c, n)).status
         for cidr in status.cidrs:
