@@ -27,7 +27,7 @@ if os.geteuid() != 0:
     pytest.skip("needs root: simulated nodes are network namespaces", allow_module_level=True)
 
 COOLDOWN_S = 4.0
-NODE_ENV = {"CCE_DATAPATH_RESYNC_PERIOD_S": "1", "CCE_DATAPATH_GC_GRACE_S": "1"}
+NODE_ENV = {"CCE_DATAPATH_RESYNC_PERIOD_S": "3", "CCE_DATAPATH_GC_GRACE_S": "1"}
 
 
 def cce_net(*args: str, state_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -166,13 +166,30 @@ def test_add_twice_returns_the_same_result(stack: Path, six_pods: dict[str, Any]
 
 
 def test_check_passes_then_fails_after_a_pod_route_is_deleted_by_hand(stack: Path, six_pods: dict[str, Any]) -> None:
+    from cce_net.cni_runtime import CniError
+    from cce_net.pods import Pods
+
     ok(cce_net("pod", "check", "team-b/db-2", state_dir=stack))
-    ip = ip_of(six_pods["team-b/db-2"])
-    removed = in_ns(node_netns(stack, "node-2"), "ip", "route", "del", f"{ip}/32")
-    assert removed.returncode == 0, removed.stderr
-    failed = cce_net("pod", "check", "team-b/db-2", state_dir=stack)
-    assert failed.returncode != 0
-    assert ip in failed.stdout + failed.stderr
+    record = Pods(stack).store.get("team-b", "db-2")
+    assert record is not None
+    network = Pods(stack)._network((read_state(stack) or {})["node_info"]["node-2"])
+    ip, ns = ip_of(six_pods["team-b/db-2"]), node_netns(stack, "node-2")
+
+    def host_route() -> bool:
+        return bool(in_ns(ns, "ip", "route", "show", f"{ip}/32").stdout.strip())
+
+    failure: CniError | None = None
+    for _ in range(5):  # resync repairs the route within a period; retry if it won the race with our CHECK
+        removed = in_ns(ns, "ip", "route", "del", f"{ip}/32")
+        assert removed.returncode == 0, removed.stderr
+        try:
+            network.check(record.container_id, record.netns_path, record.ifname, record.cni_args, record.result)
+        except CniError as err:
+            failure = err
+            break
+        assert host_route(), "CHECK passed while the pod's host route was missing"
+    assert failure is not None, "resync repaired the route before every CHECK"
+    assert failure.plugin == "cce" and ip in failure.error["msg"], failure.error
     # resync repairs what a live pod is missing
     until(lambda: cce_net("pod", "check", "team-b/db-2", state_dir=stack).returncode == 0, 20,
           "resync to restore the pod's host route")
