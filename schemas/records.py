@@ -170,6 +170,8 @@ class EniOnNode(Contract):
     route_table: int | None = None
     message: str = ""
     updated_at: datetime = Field(default_factory=utcnow)
+    netns: str = Field("", description="exclusive mode: the pod network namespace the link was moved into")
+    endpoint: str = Field("", description="exclusive mode: the endpoint key of the pod holding the link")
 
 
 # ---------------------------------------------------------------------------------------------------------------
