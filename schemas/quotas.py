@@ -23,3 +23,13 @@ def ips_per_eni_by_memory(memory_mib: int) -> int:
 
 def max_enis_by_cpus(cpus: int) -> int:
     return min(cpus, MAX_ENIS_FALLBACK)
+
+
+BBC_PRIMARY_NIC_IPS = 40  # a BBC's primary NIC carries 40 IPs, its own included
+
+
+def primary_nic_ips(instance_type: str, memory_mib: int, override: int | None = None) -> int:
+    """IPs the primary NIC can carry (its own included): the node's override, 40 on BBC, else by memory (EBC)."""
+    if override is not None:
+        return override
+    return BBC_PRIMARY_NIC_IPS if instance_type == "BBC" else ips_per_eni_by_memory(memory_mib)

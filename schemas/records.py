@@ -35,6 +35,7 @@ class PoolSettings(Contract):
     release_excess: bool = Field(True, description="release excess IPs through the handshake")
     release_delay_s: float = Field(30.0, ge=0, description="how long an excess IP stays marked before it goes")
     cooldown_s: float = Field(30.0, ge=0, description="a freed pod IP is not handed out again before this")
+    eni_cooldown_s: float = Field(5.0, ge=0, description="exclusive mode: a freed ENI goes to no other pod before this")
 
 
 class NodeSpec(Contract):
@@ -335,6 +336,10 @@ class PoolDemand(Contract):
     cooling: int = Field(0, ge=0)
     releasing: int = Field(0, ge=0)
     computed_at: datetime = Field(default_factory=utcnow)
+    target_enis: int = Field(0, ge=0, description="exclusive ENIs the node should hold (in use + waiting + spare)")
+    enis_used: int = Field(0, ge=0, description="exclusive ENIs held by pods")
+    enis_pending: int = Field(0, ge=0, description="allocations waiting for an exclusive ENI right now")
+    enis_free: int = Field(0, ge=0, description="exclusive ENIs ready for a pod (not held, not cooling down)")
 
 
 class NodePool(Contract):
@@ -347,6 +352,12 @@ class NodePool(Contract):
     releasing: dict[str, ReleaseMark] = Field(default_factory=dict, description="IP -> release handshake")
     waiting: dict[str, datetime] = Field(default_factory=dict, description="endpoint key -> waiting since")
     demand: PoolDemand = Field(default_factory=PoolDemand)
+    exclusive: dict[str, str] = Field(default_factory=dict,
+                                      description="exclusive mode: ENI id -> the endpoint key holding the whole ENI")
+    eni_cooldown: dict[str, datetime] = Field(default_factory=dict,
+                                              description="exclusive mode: ENI id -> not handed out again before")
+    exclusive_waiting: dict[str, datetime] = Field(
+        default_factory=dict, description="endpoint key -> waiting for an exclusive ENI since")
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -362,3 +373,5 @@ class EniProvision(Contract):
     message: str = ""
     error_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+    detected_mode: NetworkMode | None = Field(
+        None, description="the mode the instance allows when it differs from the registered one (ENI-less EBC)")

@@ -20,8 +20,8 @@ from cloud.port import CloudApi, CloudEni
 from schemas.base import NetworkMode
 from schemas.errors import CceError
 from schemas.messages import AllocateReply, AllocateRequest, NodeRegisterRequest, PodRef
-from schemas.records import Eni, EniProvision, Lease, NodePool, PoolSettings
-from schemas.subjects import ENIS, IPAM_ALLOCATE, LEASES, NODE_REGISTER, POOLS, PROVISION
+from schemas.records import Eni, EniProvision, Lease, NetResourceSet, NodePool, PoolSettings
+from schemas.subjects import ENIS, IPAM_ALLOCATE, LEASES, NODE_REGISTER, NODES, POOLS, PROVISION
 from services.vpc_sim.server import SimServer
 
 MODULES = {"ipam": "services.ipam", "eni_manager": "services.eni_manager", "route_manager": "services.route_manager"}
@@ -104,17 +104,24 @@ class Cluster:
         return await self.api().list_enis(vpc_id=self.sim.vpc_id, instance_id=instance_id)
 
     async def register(self, name: str, inst: dict[str, object], *, max_pods: int = 110,
-                       pool: PoolSettings | None = None, mode: NetworkMode = NetworkMode.VPC_ENI) -> None:
+                       pool: PoolSettings | None = None, mode: NetworkMode = NetworkMode.VPC_ENI,
+                       **extra: object) -> None:
+        """Register like a node agent; `extra`: more NodeRegisterRequest fields (max_enis, allow_exclusive...)."""
         await call(self.bus, NODE_REGISTER, NodeRegisterRequest(
             node=name, instance_id=str(inst["id"]), instance_type=str(inst["instanceType"]),  # type: ignore[arg-type]
             zone=str(inst["zoneName"]), cpus=int(inst["cpuCount"]),  # type: ignore[call-overload]
             memory_mib=int(inst["memoryCapacityInGB"]) * 1024,  # type: ignore[call-overload]
-            max_pods=max_pods, pool=pool, mode=mode), timeout=5)
+            max_pods=max_pods, pool=pool, mode=mode, **extra), timeout=5)  # type: ignore[arg-type]
+
+    async def nrs(self, node: str) -> NetResourceSet | None:
+        item = await (await self.store(NODES)).get(node)
+        return item.value if item else None
 
     async def allocate(self, node: str, cid: str, *, wait_s: float = 30, retries: int = 0,
-                       timeout: float = 40) -> AllocateReply:
+                       timeout: float = 40, exclusive: bool = False) -> AllocateReply:
         """Allocate like kubelet does: a timed-out request is repeated with the same key."""
-        req = AllocateRequest(node=node, container_id=cid, pod=PodRef(namespace="default", name=cid), wait_s=wait_s)
+        req = AllocateRequest(node=node, container_id=cid, pod=PodRef(namespace="default", name=cid), wait_s=wait_s,
+                              exclusive=exclusive)
         for attempt in range(retries + 1):
             try:
                 reply: AllocateReply = await call(self.bus, IPAM_ALLOCATE, req, timeout=timeout)

@@ -64,8 +64,14 @@ def eni_name(cluster_id: str, node: str, index: int) -> str:
     return f"{name_prefix(cluster_id)}{node}-{index}"
 
 
-def eni_description(cluster_id: str, node: str) -> str:
-    return f"cce-network cluster={cluster_id} node={node}"
+def eni_description(cluster_id: str, node: str, use: EniUse = EniUse.SECONDARY_IPS) -> str:
+    """Says whose the ENI is and, for an exclusive ENI, its use (so adoption restores it)."""
+    base = f"cce-network cluster={cluster_id} node={node}"
+    return base if use is EniUse.SECONDARY_IPS else f"{base} use={use.value}"
+
+
+def use_of_description(description: str) -> EniUse:
+    return EniUse.EXCLUSIVE if f"use={EniUse.EXCLUSIVE.value}" in description.split() else EniUse.SECONDARY_IPS
 
 
 def is_ours(cluster_id: str, name: str) -> bool:
@@ -174,6 +180,7 @@ class CreateEni:
     name: str
     description: str
     security_group_ids: tuple[str, ...] = ()
+    use: EniUse = EniUse.SECONDARY_IPS
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,30 @@ class DropProvision:
     """Every ENI of a removed node is gone: its EniProvision record goes too."""
 
 
-Action = AddIps | RemoveIps | CreateEni | AttachEni | AwaitAttach | DeleteEni | DropProvision
+@dataclass(frozen=True)
+class SyncPrimaryNic:
+    """vpc-eni-primary: read the instance and write the record of its primary NIC."""
+
+
+@dataclass(frozen=True)
+class AddPrimaryIps:
+    count: int
+
+
+@dataclass(frozen=True)
+class RemovePrimaryIps:
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DropPrimaryNic:
+    """A removed vpc-eni-primary node: every secondary IP leaves the primary NIC, then its record goes."""
+
+    ips: tuple[str, ...]
+
+
+Action = (AddIps | RemoveIps | CreateEni | AttachEni | AwaitAttach | DeleteEni | DropProvision | SyncPrimaryNic
+          | AddPrimaryIps | RemovePrimaryIps | DropPrimaryNic)
 
 
 @dataclass(frozen=True)
@@ -289,16 +319,18 @@ def _subnet_free(subnets: Mapping[str, Subnet], subnet_id: str) -> int:
 
 
 def _creation(nrs: NetResourceSet, enis: Sequence[Eni], quota: Quota, subnets: Mapping[str, Subnet],
-              settings: PlanSettings, other_enis: int) -> CreateEni | PlanError:
+              settings: PlanSettings, other_enis: int, indexes: Iterable[int] = (),
+              use: EniUse = EniUse.SECONDARY_IPS) -> CreateEni | PlanError:
+    """A new ENI of `use` for the node, or why not; `other_enis` count against the quota, `indexes` are taken."""
     if len(enis) + other_enis >= quota.max_enis:
         return PlanError(ErrorReason.ENI_CAPACITY_EXCEED,
                          f"node {nrs.name} has {len(enis) + other_enis} of {quota.max_enis} ENIs and they are full")
     subnet = choose_subnet(nrs.spec, subnets)
     if isinstance(subnet, PlanError):
         return subnet
-    index = lowest_free_index(e.index for e in enis)
+    index = lowest_free_index([*indexes, *(e.index for e in enis)])
     return CreateEni(subnet.subnet_id, index, eni_name(settings.cluster_id, nrs.name, index),
-                     eni_description(settings.cluster_id, nrs.name), tuple(nrs.spec.security_group_ids))
+                     eni_description(settings.cluster_id, nrs.name, use), tuple(nrs.spec.security_group_ids), use)
 
 
 def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
@@ -324,7 +356,8 @@ def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, q
         return NodePlan(nrs.name, tuple(actions), waiting="an ENI is being attached")
     left = {k: s.model_copy(update={"available_ips": max(growth.subnet_left[k], 0)}) if k in growth.subnet_left
             else s for k, s in subnets.items()}  # what the adds planned above leave
-    created = _creation(nrs, live, quota, left, settings, other_enis)
+    others = [e for e in enis if e.use is not EniUse.SECONDARY_IPS and e.state is not EniState.DELETED]
+    created = _creation(nrs, live, quota, left, settings, other_enis + len(others), (e.index for e in others))
     if isinstance(created, CreateEni):
         return NodePlan(nrs.name, (*actions, created))
     if growth.blocked_by_subnet and created.reason is ErrorReason.ENI_CAPACITY_EXCEED:
@@ -341,4 +374,7 @@ def plan_removal(node: str, enis: Sequence[Eni], marked_at: datetime, settings: 
         return NodePlan(node, waiting="node removal grace period")
     if not enis:
         return NodePlan(node, (DropProvision(),) if has_provision else ())
-    return NodePlan(node, tuple(DeleteEni(e.eni_id, "node-removed") for e in sorted(enis, key=lambda e: e.index)))
+    nics = [e for e in enis if e.use is EniUse.PRIMARY_NIC]  # the instance's own NIC: only its secondaries go
+    actions: list[Action] = [DropPrimaryNic(tuple(str(ip) for ip in e.secondary_ips)) for e in nics]
+    actions += [DeleteEni(e.eni_id, "node-removed") for e in sorted(enis, key=lambda e: e.index) if e not in nics]
+    return NodePlan(node, tuple(actions))

@@ -20,16 +20,21 @@ from schemas.records import Eni, EniState
 from services.eni_manager.domain import (
     Action,
     AddIps,
+    AddPrimaryIps,
     AttachEni,
     AwaitAttach,
     CreateEni,
     DeleteEni,
+    DropPrimaryNic,
     DropProvision,
     Quota,
     RemoveIps,
+    RemovePrimaryIps,
+    SyncPrimaryNic,
 )
 from services.eni_manager.ledger import Ledger
-from services.eni_manager.mirror import differs, eni_from_cloud, with_ips
+from services.eni_manager.mirror import differs, eni_from_cloud, primary_nic_record, with_ips
+from services.eni_manager.modes import primary_nic_id
 from services.eni_manager.subnets import SubnetMirror
 
 log = get_logger("eni_manager.executor")
@@ -81,6 +86,80 @@ class Executor:
                 await self.ledger.drop_provision(ctx.node)
                 await self.events.publish(EventKind.ENI, "node-cleaned", node=ctx.node,
                                           message=f"every ENI of {ctx.node} is gone")
+            case SyncPrimaryNic():
+                await self.sync_primary(ctx)
+            case AddPrimaryIps():
+                await self.add_primary_ips(ctx, action)
+            case RemovePrimaryIps():
+                await self.remove_primary_ips(ctx, action.ips)
+            case DropPrimaryNic():
+                await self.drop_primary(ctx, action)
+
+    # --- vpc-eni-primary: the instance's own NIC --------------------------------------------------------------
+
+    async def sync_primary(self, ctx: NodeContext) -> None:
+        """Read the instance into its primary NIC's record (created on the first read)."""
+        instance = await self.api.get_instance(ctx.instance_id)
+        subnet = await self.subnets.get(instance.subnet_id)
+        eni_id = primary_nic_id(ctx.instance_id)
+        previous = self.ledger.enis.get(eni_id)
+        record = primary_nic_record(instance, node=ctx.node, eni_id=eni_id, subnet_cidr=subnet.cidr,
+                                    ip_quota=ctx.quota.ips_per_eni, now=utcnow(), previous=previous)
+        if not differs(previous, record):
+            return
+        await self.ledger.enis.put(eni_id, record)
+        if previous is None:
+            await self.events.publish(EventKind.ENI, "primary-nic", node=ctx.node, object=eni_id, mac=record.mac,
+                                      ips=len(record.secondary_ips), message=f"the primary NIC of {ctx.instance_id}"
+                                      f" carries the pool of {ctx.node}")
+        else:
+            await self._announce_resync(ctx, previous, record)
+
+    def _primary(self, ctx: NodeContext) -> Eni | None:
+        return self.ledger.enis.get(primary_nic_id(ctx.instance_id))
+
+    async def add_primary_ips(self, ctx: NodeContext, action: AddPrimaryIps) -> None:
+        try:
+            added = await self.api.add_primary_nic_ips(ctx.instance_id, count=action.count)
+        except CceError as err:
+            partial = [str(ip) for ip in err.details.get("added_ips") or []]
+            nic = self._primary(ctx)
+            if partial and nic is not None:
+                await self._record_added(ctx, nic.eni_id, partial)
+            raise
+        nic = self._primary(ctx)
+        if nic is not None:
+            await self._record_added(ctx, nic.eni_id, added)
+
+    async def remove_primary_ips(self, ctx: NodeContext, ips: tuple[str, ...]) -> None:
+        try:
+            await self.api.remove_primary_nic_ips(ctx.instance_id, ips)
+        except CceError as err:
+            if err.reason is not ErrorReason.CLOUD_NOT_FOUND:
+                raise
+            await self.sync_primary(ctx)  # some IP is already gone: take the cloud's word
+            return
+        nic = self._primary(ctx)
+        if nic is not None:
+            await self.ledger.enis.put(nic.eni_id, with_ips(nic, remove=list(ips), now=utcnow()))
+            await self.subnets.took(nic.subnet_id, -len(ips))
+            await self.events.publish(EventKind.IP, "removed", node=ctx.node, object=nic.eni_id, count=len(ips),
+                                      ips=list(ips), message=f"{len(ips)} released IPs deleted from {nic.eni_id}")
+
+    async def drop_primary(self, ctx: NodeContext, action: DropPrimaryNic) -> None:
+        """A removed node: its secondary IPs leave the primary NIC (an instance already gone is done)."""
+        nic = self._primary(ctx)
+        try:
+            if action.ips:
+                await self.api.remove_primary_nic_ips(ctx.instance_id, action.ips)
+        except CceError as err:
+            if err.reason is not ErrorReason.CLOUD_NOT_FOUND:
+                raise
+        if nic is not None:
+            await self.subnets.took(nic.subnet_id, -len(action.ips))
+            await self.ledger.enis.drop(nic.eni_id)
+            await self.events.publish(EventKind.ENI, "primary-nic-released", node=ctx.node, object=nic.eni_id,
+                                      count=len(action.ips), message=f"{len(action.ips)} IPs left the primary NIC")
 
     # --- secondary IPs ----------------------------------------------------------------------------------------
 
@@ -150,11 +229,11 @@ class Executor:
                      description=action.description, vpc_id=ctx.vpc_id or None, subnet_id=subnet.subnet_id,
                      subnet_cidr=subnet.cidr, zone=subnet.zone, security_group_ids=list(action.security_group_ids),
                      state=EniState.AVAILABLE, ip_quota=ctx.quota.ips_per_eni, index=action.index,
-                     state_since=now, synced_at=now)
+                     state_since=now, synced_at=now, use=action.use)
         await self.ledger.enis.put(eni_id, record)
         await self.subnets.took(subnet.subnet_id, 1)
         await self.events.publish(EventKind.ENI, "created", node=ctx.node, object=eni_id, name=action.name,
-                                  subnet_id=action.subnet_id, index=action.index)
+                                  subnet_id=action.subnet_id, index=action.index, use=action.use.value)
         await self.attach(ctx, eni_id)
 
     async def attach(self, ctx: NodeContext, eni_id: str) -> None:

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 
-from cloud.port import CloudEni, CloudSubnet
+from cloud.port import CloudEni, CloudInstance, CloudSubnet
 from schemas.errors import ErrorReason
-from schemas.records import Eni, EniProvision, EniUse, PrivateIp, Subnet
-from services.eni_manager.domain import Quota
+from schemas.records import Eni, EniProvision, EniState, EniUse, PrivateIp, Subnet
+from services.eni_manager.domain import Quota, use_of_description
 
 _VOLATILE = {"synced_at", "updated_at"}
 
@@ -24,12 +24,13 @@ def private_ips(cloud: CloudEni) -> list[PrivateIp]:
 
 def eni_from_cloud(cloud: CloudEni, *, node: str, instance_id: str, subnet_cidr: IPv4Network, quota: Quota,
                    index: int, now: datetime, previous: Eni | None = None) -> Eni:
+    """A known ENI keeps its use; an unknown one takes it from its description (exclusive ENIs say so)."""
     same_state = previous is not None and previous.state is cloud.status
     return Eni(
         eni_id=cloud.eni_id,
         node=node,
         instance_id=cloud.instance_id or instance_id,
-        use=EniUse.SECONDARY_IPS,
+        use=previous.use if previous is not None else use_of_description(cloud.description),
         name=cloud.name,
         description=cloud.description,
         vpc_id=cloud.vpc_id or None,
@@ -94,3 +95,28 @@ def differs(a: Eni | Subnet | EniProvision | None, b: Eni | Subnet | EniProvisio
     if a is None:
         return True
     return bool(a.model_dump(exclude=_VOLATILE) != b.model_dump(exclude=_VOLATILE))
+
+
+def primary_nic_record(instance: CloudInstance, *, node: str, eni_id: str, subnet_cidr: IPv4Network, ip_quota: int,
+                       now: datetime, previous: Eni | None = None) -> Eni:
+    """vpc-eni-primary: the record of an instance's primary NIC (always in use; its own IP is the primary)."""
+    ips = [PrivateIp(ip=IPv4Address(instance.primary_ip), primary=True),
+           *(PrivateIp(ip=IPv4Address(ip)) for ip in instance.secondary_ips)]
+    return Eni(
+        eni_id=eni_id,
+        node=node,
+        instance_id=instance.instance_id,
+        use=EniUse.PRIMARY_NIC,
+        name=f"primary NIC of {instance.instance_id}",
+        vpc_id=instance.vpc_id or None,
+        subnet_id=instance.subnet_id,
+        subnet_cidr=subnet_cidr,
+        zone=instance.zone,
+        mac=instance.primary_mac,
+        state=EniState.INUSE,
+        private_ips=sorted(ips, key=lambda p: (not p.primary, p.ip)),
+        ip_quota=ip_quota,
+        index=0,
+        state_since=previous.state_since if previous is not None else now,
+        synced_at=now,
+    )

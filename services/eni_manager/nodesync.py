@@ -15,7 +15,7 @@ from chassis.events import EventPublisher
 from chassis.logs import get_logger
 from cloud.port import CloudEni, VpcApi
 from schemas.events import EventKind
-from schemas.records import EniState
+from schemas.records import EniState, EniUse
 from services.eni_manager.domain import adoption_owner, index_for_adopted, is_ours, parse_eni_name
 from services.eni_manager.executor import Executor, NodeContext
 from services.eni_manager.ledger import Ledger
@@ -68,7 +68,7 @@ class NodeSync:
             await self._upsert(ctx, cloud)
         seen = {c.eni_id for c in ours}
         for record in self.ledger.enis_of(ctx.node):
-            if record.eni_id not in seen:
+            if record.eni_id not in seen and record.use is not EniUse.PRIMARY_NIC:  # the NIC is no ENI
                 await self.executor.refresh(ctx, record.eni_id)
         for hint in hints:
             await self._adopt_unattached(ctx, hint.eni_id)

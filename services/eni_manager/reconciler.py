@@ -29,12 +29,12 @@ from services.eni_manager.domain import (
     PlanError,
     Quota,
     node_quota,
-    plan_node,
     plan_removal,
 )
 from services.eni_manager.executor import Executor, NodeContext
 from services.eni_manager.ledger import Ledger
 from services.eni_manager.mirror import differs, provision_record, with_error
+from services.eni_manager.modes import ENI_MODES, is_eniless, plan_live_node, primary_quota
 from services.eni_manager.nodesync import NodeSync
 from services.eni_manager.settings import EniManagerSettings
 from services.eni_manager.subnets import SubnetMirror
@@ -60,7 +60,8 @@ class Views:
         return self.pools.get(subject_token(node)) if self.pools else None
 
     def eni_nodes(self) -> list[NetResourceSet]:
-        return [n for n in (self.nodes.values() if self.nodes else []) if n.spec.mode is NetworkMode.VPC_ENI]
+        """Nodes in an ENI-family mode (vpc-eni, vpc-eni-primary, vpc-eni-exclusive)."""
+        return [n for n in (self.nodes.values() if self.nodes else []) if n.spec.mode in ENI_MODES]
 
 
 class Reconciler:
@@ -216,7 +217,7 @@ class Reconciler:
 
     async def _round(self, node: str, resync: bool) -> bool:
         nrs = self.views.nrs(node)
-        if nrs is not None and nrs.spec.mode is not NetworkMode.VPC_ENI:
+        if nrs is not None and nrs.spec.mode not in ENI_MODES:
             return True
         instance_id = self._instance_id(node, nrs)
         if not instance_id:
@@ -225,9 +226,13 @@ class Reconciler:
             await self._ensure_scanned(node, instance_id)
             ctx = await self._context(node, nrs, instance_id)
             if nrs is not None and not nrs.status.removing:
+                if await self._detected_eniless(ctx, nrs):
+                    return True  # ipam switches the node to vpc-eni-primary; the change brings us back
                 await self._put_provision(ctx)
             if resync:
                 self._other_enis[node] = await self.nodesync.resync(ctx, self._hints.pop(node, []))
+                if nrs is not None and nrs.spec.mode is NetworkMode.VPC_ENI_PRIMARY and not nrs.status.removing:
+                    await self.executor.sync_primary(ctx)
             await self._converge(ctx)
         except CceError as err:
             await self._failed(node, err.reason, err.message)
@@ -260,8 +265,8 @@ class Reconciler:
                 self._workers[ctx.node].kick_later(max(grace_left, 0.0))
             return plan
         self._removal_marks.pop(ctx.node, None)
-        return plan_node(nrs, enis, self.views.pool(ctx.node), ctx.quota, self.ledger.subnets.items,
-                         self.settings.plan, now, other_enis=self._other_enis.get(ctx.node, 0))
+        return plan_live_node(nrs, enis, self.views.pool(ctx.node), ctx.quota, self.ledger.subnets.items,
+                              self.settings.plan, now, other_enis=self._other_enis.get(ctx.node, 0))
 
     # --- node facts -------------------------------------------------------------------------------------------
 
@@ -280,7 +285,9 @@ class Reconciler:
         return cached
 
     async def _context(self, node: str, nrs: NetResourceSet | None, instance_id: str) -> NodeContext:
-        if nrs is not None:
+        if nrs is not None and nrs.spec.mode is NetworkMode.VPC_ENI_PRIMARY:
+            quota = primary_quota(nrs.spec)
+        elif nrs is not None:
             quota = node_quota(nrs.spec, await self._eni_quota(instance_id))
         else:
             provision = self.ledger.provision_of(node)
@@ -293,6 +300,22 @@ class Reconciler:
         except CceError as err:  # fall back to min(cpus, 8) this time; asked again next round
             log.warning("instance quota unknown", instance_id=instance_id, error=str(err))
             return None
+
+    async def _detected_eniless(self, ctx: NodeContext, nrs: NetResourceSet) -> bool:
+        """A vpc-eni node whose instance has no ENI quota (an ENI-less EBC) can only run vpc-eni-primary: say so
+        in its provision record (ipam, the node record's owner, switches the mode) and plan nothing for it."""
+        if not is_eniless(await self._eni_quota(ctx.instance_id), nrs.spec):
+            return False
+        previous = self.ledger.provision_of(ctx.node)
+        if previous is not None and previous.detected_mode is NetworkMode.VPC_ENI_PRIMARY:
+            return True
+        record = provision_record(ctx.node, ctx.instance_id, ctx.quota, previous, utcnow())
+        await self.ledger.put_provision(record.model_copy(update={"detected_mode": NetworkMode.VPC_ENI_PRIMARY}))
+        log.info("instance has no ENI quota: the node can only run vpc-eni-primary", node=ctx.node,
+                 instance_id=ctx.instance_id)
+        await self.events.publish(EventKind.ENI, "eniless-instance", node=ctx.node, object=ctx.instance_id,
+                                  message=f"{ctx.instance_id} has no ENI quota; vpc-eni-primary detected")
+        return True
 
     # --- provision records ------------------------------------------------------------------------------------
 

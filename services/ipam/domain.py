@@ -87,7 +87,14 @@ class NodeFacts:
 
     @property
     def quota(self) -> wm.Quota:
+        if self.spec.mode is NetworkMode.VPC_ENI_PRIMARY:
+            return wm.primary_nic_quota(self.spec, self.provision)
         return wm.eni_quota(self.spec, self.provision)
+
+    @property
+    def ip_use(self) -> EniUse:
+        """Which ENIs carry the node's pod IPs: the primary NIC in vpc-eni-primary, else secondary-IP ENIs."""
+        return EniUse.PRIMARY_NIC if self.spec.mode is NetworkMode.VPC_ENI_PRIMARY else EniUse.SECONDARY_IPS
 
     @property
     def max_allocate(self) -> int:
@@ -95,8 +102,9 @@ class NodeFacts:
 
     @cached_property
     def secondary_enis(self) -> list[Eni]:
-        """The node's secondary-IP ENIs, in order of their node-local index."""
-        mine = [e for e in self.enis if e.node == self.node and e.use is EniUse.SECONDARY_IPS]
+        """The ENIs whose secondary IPs are the node's pool (secondary-IP ENIs, or the primary NIC in
+        vpc-eni-primary), in order of their node-local index."""
+        mine = [e for e in self.enis if e.node == self.node and e.use is self.ip_use]
         return sorted(mine, key=lambda e: (e.index, e.eni_id))
 
     @cached_property
@@ -351,9 +359,9 @@ def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: dat
         assert router_ip is not None and slot.cidr is not None
         address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=router_ip, subnet_cidr=slot.cidr)
     else:
+        table = ROUTE_TABLE_BASE + eni.index if eni.use is EniUse.SECONDARY_IPS else None  # primary NIC: main
         address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=eni.gateway, subnet_cidr=eni.subnet_cidr,
-                                  eni_id=eni.eni_id, subnet_id=eni.subnet_id,
-                                  route_table=ROUTE_TABLE_BASE + eni.index)
+                                  eni_id=eni.eni_id, subnet_id=eni.subnet_id, route_table=table)
     return CceEndpoint(node=req.node, container_id=req.container_id, ifname=req.ifname, namespace=req.pod.namespace,
                        pod=req.pod.name, pod_uid=req.pod.uid, mode=mode, state=EndpointState.ALLOCATED,
                        addresses=[address], created_at=now, expires_at=now + timedelta(seconds=ttl_s),

@@ -9,7 +9,7 @@ from chassis.events import EventPublisher
 from chassis.kv import KEEP, _Keep
 from chassis.logs import get_logger
 from chassis.rpc import RpcServer
-from schemas.base import NetworkMode
+from schemas.base import InstanceType, NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
 from schemas.messages import (
@@ -36,10 +36,23 @@ log = get_logger("ipam.handlers")
 RECHECK_S = 1.0  # a waiting allocation looks again at least this often, changes or not
 
 
-def spec_from(req: NodeRegisterRequest, pool: PoolSettings | None) -> NodeSpec:
-    """The node's spec from its registration; pool settings the request leaves out are kept."""
+def spec_from(req: NodeRegisterRequest, pool: PoolSettings | None, current: NodeSpec | None = None) -> NodeSpec:
+    """The node's spec from its registration; pool settings the request leaves out are kept. The mode is the
+    registered one, except that a node which cannot run vpc-eni (a BBC, or an instance found ENI-less before) runs
+    vpc-eni-primary when it registers with the default vpc-eni."""
     facts = req.model_dump(exclude={"node", "pool", "schema_version"})
+    facts["mode"] = registered_mode(req, current)
     return NodeSpec(**facts, pool=req.pool or pool or PoolSettings())
+
+
+def registered_mode(req: NodeRegisterRequest, current: NodeSpec | None) -> NetworkMode:
+    if req.mode is not NetworkMode.VPC_ENI:
+        return req.mode
+    if req.instance_type is InstanceType.BBC:
+        return NetworkMode.VPC_ENI_PRIMARY
+    if current is not None and current.mode is NetworkMode.VPC_ENI_PRIMARY and current.instance_id == req.instance_id:
+        return NetworkMode.VPC_ENI_PRIMARY
+    return req.mode
 
 
 class IpamHandlers:
@@ -69,7 +82,7 @@ class IpamHandlers:
             if current.status.removing:
                 raise CceError(ErrorReason.CONFLICT, f"node {req.node} is being removed; register once it is gone",
                                node=req.node)
-            spec = spec_from(req, current.spec.pool)
+            spec = spec_from(req, current.spec.pool, current.spec)
             if spec == current.spec:
                 return KEEP
             current.spec = spec

@@ -14,6 +14,7 @@ from chassis.events import EventPublisher
 from chassis.kv import KEEP, _Keep
 from chassis.leader import LeaderElector
 from chassis.logs import get_logger
+from schemas.base import NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
 from schemas.messages import ExpandReply, ExpandRequest
@@ -96,6 +97,8 @@ class Maintenance:
         if nrs.status.removing:
             await self.remove_step(nrs)
             return
+        if await self.adopt_detected_mode(nrs):
+            return  # the node record changed: its watch brings the node back with the new mode
         await self.expire(nrs)
         await self.collect(nrs)
         upkeep = await self.ops.upkeep(nrs)
@@ -152,6 +155,26 @@ class Maintenance:
             return
         if await self._drop_endpoint(nrs, key, item.revision):
             await self.events.publish(EventKind.ENDPOINT, "stray-removed", node=nrs.name, object=key)
+
+    async def adopt_detected_mode(self, nrs: NetResourceSet) -> bool:
+        """eni_manager found the instance ENI-less: a vpc-eni node switches to vpc-eni-primary (before any pod, or
+        its pods keep their endpoints; new ones come from the primary NIC)."""
+        provision = self.state.provision(nrs.name)
+        detected = provision.detected_mode if provision is not None else None
+        if detected is None or nrs.spec.mode is not NetworkMode.VPC_ENI or detected is nrs.spec.mode:
+            return False
+
+        def change(current: NetResourceSet | None) -> NetResourceSet | _Keep:
+            if current is None or current.spec.mode is not NetworkMode.VPC_ENI:
+                return KEEP
+            current.spec.mode = detected
+            return current
+
+        await self.state.stores.nodes.mutate(node_key(nrs.name), change)
+        await self.events.publish(EventKind.NODE, "mode-detected", node=nrs.name, object=nrs.name, mode=detected.value,
+                                  message=f"{nrs.spec.instance_id} has no ENI quota: node {nrs.name} runs "
+                                  f"{detected.value}")
+        return True
 
     # ---- pool and status ---------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from schemas.quotas import MAX_ENIS_FALLBACK, ips_per_eni_by_memory
+from schemas.quotas import MAX_ENIS_FALLBACK, ips_per_eni_by_memory, primary_nic_ips
 from schemas.records import EniProvision, NodeSpec, PoolSettings
 
 
@@ -37,6 +37,15 @@ def eni_quota(spec: NodeSpec, provision: EniProvision | None) -> Quota:
     if ips is None:
         ips = spec.ips_per_eni if spec.ips_per_eni is not None else ips_per_eni_by_memory(spec.memory_mib)
     return Quota(max_enis=max_enis, ips_per_eni=ips)
+
+
+def primary_nic_quota(spec: NodeSpec, provision: EniProvision | None) -> Quota:
+    """vpc-eni-primary: one NIC (the instance's own) with eni_manager's IP quota, else the node's override, else
+    40 on BBC and by memory on EBC."""
+    ips = provision.ips_per_eni if provision and provision.ips_per_eni > 0 else None
+    if ips is None:
+        ips = primary_nic_ips(spec.instance_type.value, spec.memory_mib, spec.ips_per_eni)
+    return Quota(max_enis=1, ips_per_eni=ips)
 
 
 def max_allocate(spec: NodeSpec) -> int:
