@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from pydantic import Field
 
@@ -119,7 +119,8 @@ class InterfaceResult(Contract):
 
 
 class IpResult(Contract):
-    address: IPv4Network = Field(description="address with prefix, as CNI reports it")
+    address: IPv4Interface = Field(description="address with prefix, as CNI reports it (e.g. 10.0.2.5/24: host bits "
+                                               "set, as an exclusive ENI's address is)")
     gateway: IPv4Address
     interface: int = 0
 
