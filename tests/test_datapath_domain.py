@@ -145,10 +145,12 @@ def test_a_pod_routes_through_its_enis_table() -> None:
     assert pod_want(endpoint(), {}).table == 128  # ENI record not loaded: the endpoint's table
 
 
-def test_primary_nic_pods_need_no_rules_and_other_modes_are_refused() -> None:
+def test_primary_nic_and_route_pods_need_no_rules_and_exclusive_ones_have_no_veth() -> None:
     assert pod_want(endpoint(mode=NetworkMode.VPC_ENI_PRIMARY), {}).rules() == ()
-    with pytest.raises(PlanError, match="not supported"):
-        pod_want(endpoint(mode=NetworkMode.VPC_ROUTE), {})
+    route = pod_want(endpoint(mode=NetworkMode.VPC_ROUTE), {"eni-a": eni(2)})
+    assert (route.table, route.rules()) == (None, ())
+    with pytest.raises(PlanError, match="no veth pod"):
+        pod_want(endpoint(mode=NetworkMode.VPC_ENI_EXCLUSIVE), {})
     with pytest.raises(PlanError, match="no address"):
         pod_want(endpoint(addresses=[]), {})
 

@@ -34,6 +34,7 @@ from schemas.records import (
     EniLinkState,
     EniOnNode,
     EniState,
+    NetResourceSet,
     PrivateIp,
 )
 from schemas.subjects import endpoint_key
@@ -97,6 +98,10 @@ def endpoint(cid: str, ip: str, pod: str | None = None) -> CceEndpoint:
 class MemoryRecords:
     eps: dict[str, CceEndpoint] = field(default_factory=dict)
     eni_records: dict[str, Eni] = field(default_factory=dict)
+    nodes: dict[str, NetResourceSet] = field(default_factory=dict)
+
+    def node_record(self, node: str) -> NetResourceSet | None:
+        return self.nodes.get(node)
 
     def endpoints(self) -> list[CceEndpoint]:
         return list(self.eps.values())

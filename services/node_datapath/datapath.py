@@ -30,25 +30,29 @@ from schemas.messages import (
     TeardownReply,
     TeardownRequest,
 )
-from schemas.records import CceEndpoint, Eni, EniLinkState, EniOnNode
+from schemas.records import CceEndpoint, Eni, EniLinkState, EniOnNode, EniUse, NetResourceSet
 from schemas.subjects import endpoint_key
 from services.node_datapath.domain import (
     MAIN_TABLE,
     SCOPE_LINK,
     PlanError,
     PodWant,
+    Stale,
     check_pod,
     eni_table,
     eni_want,
     enis_on_node,
     find_stale,
     live_endpoints,
+    node_want,
     plan_eni,
     plan_gc,
     plan_host,
+    plan_node,
     pod_want,
     veth_alias,
 )
+from services.node_datapath.exclusive import ExclusiveEnis
 from services.node_datapath.netlink import Kernel
 
 log = get_logger("node_datapath")
@@ -64,6 +68,8 @@ class Records(Protocol):
     def endpoint(self, key: str) -> CceEndpoint | None: ...
 
     def enis(self) -> dict[str, Eni]: ...
+
+    def node_record(self, node: str) -> NetResourceSet | None: ...
 
 
 class Reporter(Protocol):
@@ -101,8 +107,10 @@ class NodeDatapath:
         self.marks: dict[str, float] = {}  # stale thing id -> when first seen stale
         self.recent: dict[str, float] = {}  # host veth -> when it was last set up
         self.ready_enis: set[str] = set()
+        self.node_ready = False  # router address / primary NIC / sysctls done once (resync keeps them)
         self.resyncs = 0
-        self._reported: dict[str, EniOnNode] = {}
+        self.reported: dict[str, EniOnNode] = {}
+        self.exclusive = ExclusiveEnis(self)
         self._kick = asyncio.Event()
         self._eni_lock = asyncio.Lock()
         self._resync_lock = asyncio.Lock()
@@ -111,12 +119,18 @@ class NodeDatapath:
     # -- requests -----------------------------------------------------------------------------------------------
 
     async def setup(self, req: SetupRequest) -> SetupReply:
+        if req.endpoint.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
+            self._match(req.endpoint, req.container_id, req.ifname)
+            self._check_netns(req.netns)
+            return await self.exclusive.setup(req)
         want = self._want(req.endpoint, req.container_id, req.ifname)
         self._check_netns(req.netns)
         if want.eni_id and req.endpoint.mode is NetworkMode.VPC_ENI:
             await self.ensure_eni(want.eni_id)
             want = self._want(req.endpoint, req.container_id, req.ifname)
-        async with self._veth_lock(want.veth):
+        elif not self.node_ready:
+            await self.configure_node()
+        async with self.named_lock(want.veth):
             try:
                 changes = await self.kernel.setup_pod(want, req.netns)
             except NetnsError as exc:
@@ -133,6 +147,10 @@ class NodeDatapath:
         )
 
     async def check(self, req: CheckRequest) -> CheckReply:
+        if req.endpoint.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
+            self._match(req.endpoint, req.container_id, req.ifname)
+            self._check_netns(req.netns, missing_ok=True)
+            return await self.exclusive.check(req)
         want = self._want(req.endpoint, req.container_id, req.ifname)
         self._check_netns(req.netns, missing_ok=True)
         try:
@@ -147,6 +165,9 @@ class NodeDatapath:
         """Remove what is left of a pod interface; succeeds when nothing is (netns gone, endpoint unknown)."""
         key = endpoint_key(self.node, req.container_id, req.ifname)
         endpoint = req.endpoint or self.records.endpoint(key)
+        if (endpoint is not None and endpoint.mode is NetworkMode.VPC_ENI_EXCLUSIVE) or (
+                endpoint is None and self.exclusive.held_by(key) is not None):
+            return await self.exclusive.teardown(req, endpoint)
         want: PodWant | None = None
         if endpoint is not None:
             with contextlib.suppress(PlanError, CceError):
@@ -169,7 +190,7 @@ class NodeDatapath:
                     if endpoint_key(e.node, e.container_id, e.ifname) != key for a in e.addresses}
             removed = [r.describe() for r in await self.kernel.delete_rules(rules)] if ip not in held else []
             if veth is not None:
-                async with self._veth_lock(veth.name):
+                async with self.named_lock(veth.name):
                     if await self.kernel.delete_link(veth):
                         removed.append(f"host veth {veth.name} (with its routes and neighbours)")
                 self.recent.pop(veth.name, None)
@@ -178,11 +199,14 @@ class NodeDatapath:
         log.info("pod torn down", container_id=req.container_id, ifname=req.ifname, ip=ip, removed=removed)
         return TeardownReply(removed=removed)
 
-    def _want(self, endpoint: CceEndpoint, container_id: str, ifname: str) -> PodWant:
+    def _match(self, endpoint: CceEndpoint, container_id: str, ifname: str) -> None:
         if (endpoint.node, endpoint.container_id, endpoint.ifname) != (self.node, container_id, ifname):
             raise CceError(ErrorReason.INVALID_REQUEST,
                            f"endpoint {endpoint.node}/{endpoint.container_id}/{endpoint.ifname} does not match the "
                            f"request {self.node}/{container_id}/{ifname}", fields=["endpoint"])
+
+    def _want(self, endpoint: CceEndpoint, container_id: str, ifname: str) -> PodWant:
+        self._match(endpoint, container_id, ifname)
         try:
             return pod_want(endpoint, self.records.enis())
         except PlanError as exc:
@@ -198,7 +222,8 @@ class NodeDatapath:
                            netns=path) from None
 
     @contextlib.asynccontextmanager
-    async def _veth_lock(self, name: str) -> AsyncIterator[None]:
+    async def named_lock(self, name: str) -> AsyncIterator[None]:
+        """One operation at a time per veth name (or per exclusive ENI)."""
         lock = self._veth_locks.setdefault(name, asyncio.Lock())
         try:
             async with lock:
@@ -253,17 +278,23 @@ class NodeDatapath:
             await self._report(eni, state, link_name, original, message)
             return None if state is EniLinkState.READY else message
 
+    async def put_record(self, record: EniOnNode) -> bool:
+        """Write an EniOnNode record unless it says what the last one said; True when written."""
+        before = self.reported.get(record.eni_id)
+        if before is not None and before.model_dump(exclude={"updated_at"}) == record.model_dump(
+                exclude={"updated_at"}):
+            return False
+        await self.reporter.eni_state(record)
+        self.reported[record.eni_id] = record
+        return True
+
     async def _report(self, eni: Eni, state: EniLinkState, link: str, original: str, message: str) -> None:
-        before = self._reported.get(eni.eni_id)
+        before = self.reported.get(eni.eni_id)
         record = EniOnNode(eni_id=eni.eni_id, node=self.node, state=state, link_name=link,
                            original_name=original or (before.original_name if before else ""),
                            route_table=eni_table(eni.index), message=message)
-        if before is not None and (before.state, before.link_name, before.message, before.original_name,
-                                   before.route_table) == (record.state, record.link_name, record.message,
-                                                           record.original_name, record.route_table):
+        if not await self.put_record(record):
             return
-        await self.reporter.eni_state(record)
-        self._reported[eni.eni_id] = record
         if state is EniLinkState.READY:
             await self.reporter.event(EventKind.ENI, "ready", message=f"{eni.eni_id} is {link} with table "
                                       f"{record.route_table}", object=eni.eni_id, link=link, table=record.route_table)
@@ -273,7 +304,32 @@ class NodeDatapath:
 
     def adopt_reported(self, records: list[EniOnNode]) -> None:
         """What an earlier run of this service reported (so a restart does not rewrite every record)."""
-        self._reported = {r.eni_id: r for r in records if r.node == self.node}
+        self.reported = {r.eni_id: r for r in records if r.node == self.node}
+
+    # -- the node -----------------------------------------------------------------------------------------------
+
+    async def configure_node(self) -> list[str]:
+        """Router address (vpc-route), primary NIC proxy ARP (vpc-eni-primary), forwarding; reports the primary
+        NIC's EniOnNode. Failures are logged and retried by the next resync, never fatal to a pod setup."""
+        want = node_want(self.node, self.records.node_record(self.node), self.records.enis().values(),
+                         self.records.endpoints())
+        try:
+            plan = plan_node(want, await self.kernel.links())
+            changes = await self.kernel.apply_node(plan)
+        except NetnsError as exc:
+            log.warning("node configuration failed", error=str(exc))
+            return []
+        self.node_ready = not plan.problem
+        if want.primary_eni is not None:
+            link = plan.primary_link
+            await self.put_record(EniOnNode(
+                eni_id=want.primary_eni, node=self.node,
+                state=EniLinkState.READY if link is not None else EniLinkState.PENDING,
+                link_name=link.name if link is not None else "", original_name=link.name if link is not None else "",
+                message=plan.problem))
+        if changes:
+            log.info("node configured", changes=changes, router_ip=want.router_ip)
+        return changes
 
     # -- resync -------------------------------------------------------------------------------------------------
 
@@ -305,10 +361,15 @@ class NodeDatapath:
                 if await self.configure_eni(eni) is None:
                     ready.add(eni.eni_id)
             self.ready_enis = ready
-            for eni_id in [i for i in self._reported if i not in {e.eni_id for e in enis}]:
+            changes += await self.configure_node()
+            mine = {e.eni_id for e in enis} | {e.eni_id for e in self.records.enis().values()
+                                               if e.node == self.node and e.use is not EniUse.SECONDARY_IPS}
+            for eni_id in [i for i in self.reported if i not in mine]:
                 await self.reporter.eni_gone(eni_id)
-                del self._reported[eni_id]
+                del self.reported[eni_id]
             state = await self.kernel.snapshot()
+            tidied, orphans = await self.exclusive.sync(state)
+            changes += tidied
             live: dict[str, PodWant] = {}
             for ep in live_endpoints(self.records.endpoints(), self.node):
                 with contextlib.suppress(PlanError):
@@ -318,21 +379,29 @@ class NodeDatapath:
                 veth = state.link(want.veth)
                 if veth is not None and veth.alias == want.alias:
                     changes += await self.kernel.repair_host(plan_host(want, veth, state))
-            changes += await self._collect(state, live, {eni_table(e.index) for e in enis})
+            changes += await self._collect(state, live, {eni_table(e.index) for e in enis}, orphans)
             self.resyncs += 1
             if changes:
                 log.info("resync changed the node", changes=changes)
             return changes
 
-    async def _collect(self, state: Any, live: dict[str, PodWant], tables: set[int]) -> list[str]:
+    async def _collect(self, state: Any, live: dict[str, PodWant], tables: set[int],
+                       orphans: list[Stale]) -> list[str]:
         now = self.clock()
         self.recent = {k: t for k, t in self.recent.items() if now - t < self.timing.gc_grace_s}
-        gc = plan_gc(find_stale(state, live, tables), self.marks, now, self.timing.gc_grace_s, self.recent)
+        gc = plan_gc([*find_stale(state, live, tables), *orphans], self.marks, now, self.timing.gc_grace_s,
+                     self.recent)
         self.marks = gc.marks
         removed: list[str] = []
         for item in gc.remove:
+            if item.eni is not None:
+                done = await self.exclusive.reclaim(item)
+                if done is None:
+                    continue
+                removed.append(done)
+                continue
             if item.link is not None:
-                async with self._veth_lock(item.link.name):
+                async with self.named_lock(item.link.name):
                     current = (await self.kernel.snapshot()).link(item.link.name)
                     if current is None or current.alias != item.link.alias or item.link.name in self.recent:
                         continue  # replaced meanwhile by a setup

@@ -16,7 +16,7 @@ from chassis.logs import get_logger
 from chassis.service import ServiceProcess, run
 from schemas.errors import ErrorReason
 from schemas.events import EventKind
-from schemas.records import CceEndpoint, Eni, EniOnNode
+from schemas.records import CceEndpoint, Eni, EniOnNode, NetResourceSet
 from schemas.subjects import (
     DATAPATH_CHECK,
     DATAPATH_SETUP,
@@ -25,6 +25,7 @@ from schemas.subjects import (
     ENI_ON_NODE,
     ENIS,
     NODE_DATAPATH,
+    NODES,
 )
 from services.node_datapath.datapath import NodeDatapath, Timing
 from services.node_datapath.netlink import Kernel
@@ -39,6 +40,7 @@ class CachedRecords:
     def __init__(self) -> None:
         self.endpoint_cache: KvCache[CceEndpoint] | None = None
         self.eni_cache: KvCache[Eni] | None = None
+        self.node_cache: KvCache[NetResourceSet] | None = None
 
     def endpoints(self) -> list[CceEndpoint]:
         return self.endpoint_cache.values() if self.endpoint_cache else []
@@ -48,6 +50,9 @@ class CachedRecords:
 
     def enis(self) -> dict[str, Eni]:
         return {e.eni_id: e for e in self.eni_cache.values()} if self.eni_cache else {}
+
+    def node_record(self, node: str) -> NetResourceSet | None:
+        return self.node_cache.get(node) if self.node_cache else None
 
 
 class BusReporter:
@@ -94,7 +99,20 @@ async def build(proc: ServiceProcess, settings: DatapathSettings | None = None) 
         if item is None or getattr(item.value, "node", None) == node:
             datapath.kick()
 
+    seen: dict[str, tuple[Any, ...]] = {}
+
+    def on_node(key: str, item: Versioned[Any] | None) -> None:
+        """The node's own record matters only for what the datapath reads from it (mode, router IP, MAC)."""
+        value = getattr(item, "value", None)
+        if key != node or not isinstance(value, NetResourceSet):
+            return
+        facts = (value.spec.mode, value.status.router_ip, value.spec.primary_mac)
+        if seen.get(key) != facts:
+            seen[key] = facts
+            datapath.kick()
+
     records.endpoint_cache = await proc.cache(ENDPOINTS, on_endpoint)
+    records.node_cache = await proc.cache(NODES, on_node)
     records.eni_cache = await proc.cache(ENIS, on_eni)
     await datapath.resync()  # before serving: ENIs configured, leftovers marked
     for spec, handler in ((DATAPATH_SETUP, datapath.setup), (DATAPATH_TEARDOWN, datapath.teardown),

@@ -24,11 +24,15 @@ from services.node_datapath.domain import (
     SCOPE_LINK,
     Addr,
     EniPlan,
+    ExclusivePlan,
     HostPlan,
+    IdlePlan,
     Link,
     Neigh,
     NetState,
+    NodePlan,
     PodWant,
+    ReturnPlan,
     Route,
     Rule,
     host_cidr,
@@ -75,12 +79,19 @@ def _rule(msg: Any) -> Rule:
     )
 
 
+async def _read_links(ipr: Any, what: str) -> NetState:
+    """A namespace's links and IPv4 addresses only."""
+    links = [_link(m) for m in await netns.dump(f"list links in {what}", lambda: ipr.link("dump"))]
+    addrs = [Addr(int(m["index"]), str(m.get("address")), int(m["prefixlen"]), str(m.get("label") or ""))
+             for m in await netns.dump(f"list addresses in {what}", lambda: ipr.addr("dump", family=socket.AF_INET))]
+    return NetState(tuple(links), tuple(addrs))
+
+
 async def _read(ipr: Any, what: str, *, rules: bool = True) -> NetState:
     """A namespace's state, dump by dump (one dump at a time per socket)."""
     v4 = socket.AF_INET
-    links = [_link(m) for m in await netns.dump(f"list links in {what}", lambda: ipr.link("dump"))]
-    addrs = [Addr(int(m["index"]), str(m.get("address")), int(m["prefixlen"]))
-             for m in await netns.dump(f"list addresses in {what}", lambda: ipr.addr("dump", family=v4))]
+    base = await _read_links(ipr, what)
+    links, addrs = base.links, base.addrs
     routes = [_route(m) for m in await netns.dump(f"list routes in {what}", lambda: ipr.route("dump", family=v4))
               if m["type"] == RTN_UNICAST]
     neighs = [Neigh(int(m["ifindex"]), str(m.get("dst")), str(m.get("lladdr") or "").lower(),
@@ -146,6 +157,116 @@ class Kernel:
 
     async def sysctls(self, values: dict[str, str]) -> list[str]:
         return netns.write_sysctls(self.node_ns, values)
+
+    async def links(self) -> NetState:
+        """The node's links and addresses (no routes, rules or neighbours): cheap."""
+        async with self._sockets() as (node,):
+            return await _read_links(node, self.where)
+
+    async def exclusive_view(self, pod_ns: str) -> tuple[NetState, NetState]:
+        """The node's and the pod's links and addresses, read together."""
+        async with self._sockets(pod_ns) as (node, pod):
+            return await _read_links(node, self.where), await _read(pod, f"pod namespace {pod_ns}", rules=False)
+
+    # -- the node -----------------------------------------------------------------------------------------------
+
+    async def apply_node(self, plan: NodePlan) -> list[str]:
+        """Router address on lo (ours carry the label), then sysctls."""
+        changes: list[str] = []
+        if plan.add_addrs or plan.delete_addrs:
+            async with self._sockets() as (ipr,):
+                for a in plan.delete_addrs:
+                    await netns.nl(f"delete {a.ip}/{a.prefixlen} from lo",
+                                   ipr.addr("del", index=a.index, address=a.ip, prefixlen=a.prefixlen), ok=GONE)
+                    changes.append(f"delete router address {a.ip}/{a.prefixlen} from lo")
+                for a in plan.add_addrs:
+                    await netns.nl(f"add router address {a.ip}/{a.prefixlen} to lo",
+                                   ipr.addr("add", index=a.index, address=a.ip, prefixlen=a.prefixlen, label=a.label),
+                                   ok=EXISTS)
+                    changes.append(f"add router address {a.ip}/{a.prefixlen} to lo ({a.label})")
+        changes += netns.write_sysctls(self.node_ns, plan.sysctls)
+        return changes
+
+    # -- exclusive ENIs -----------------------------------------------------------------------------------------
+
+    async def setup_exclusive(self, plan: ExclusivePlan, pod_ns: str) -> list[str]:
+        """Move the ENI's link into the pod under its ifname (one netlink message: the name never clashes in
+        either namespace), then up, address ip/prefix, default route via the gateway. Idempotent."""
+        want = plan.want
+        where = f"pod namespace {pod_ns}"
+        changes: list[str] = []
+        async with self._sockets(pod_ns) as (node, pod):
+            if plan.move is not None:
+                fd = os.open(netns.netns_path(pod_ns), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    await netns.nl(f"move {plan.move.name} (ENI {want.eni_id}) into {pod_ns} as {want.ifname}",
+                                   node.link("set", index=plan.move.index, net_ns_fd=fd, ifname=want.ifname))
+                finally:
+                    os.close(fd)
+                changes.append(f"move {plan.move.name} into the pod as {want.ifname}")
+            elif plan.rename_in_pod is not None:
+                old = plan.rename_in_pod
+                await netns.nl(f"set {old.name} down in the pod", pod.link("set", index=old.index, state="down"))
+                await netns.nl(f"rename {old.name} to {want.ifname} in the pod",
+                               pod.link("set", index=old.index, ifname=want.ifname))
+                changes.append(f"rename {old.name} to {want.ifname} in the pod")
+            link = await self._link(pod, want.ifname, where)
+            if link is None or link.mac != want.mac:
+                raise NetnsError(f"ENI {want.eni_id} link {want.ifname} vanished from {pod_ns} while being set up")
+            await netns.nl("set lo up in the pod", pod.link("set", index=LOOPBACK_INDEX, state="up"))
+            await netns.nl(f"set {want.ifname} up in the pod", pod.link("set", index=link.index, state="up"))
+            await netns.nl(f"add {want.ip}/{want.prefixlen} to {want.ifname}",
+                           pod.addr("add", index=link.index, address=want.ip, prefixlen=want.prefixlen), ok=EXISTS)
+            await netns.nl(f"pod default route via {want.gateway}",
+                           pod.route("replace", dst=DEFAULT_DST, gateway=want.gateway, oif=link.index,
+                                     table=MAIN_TABLE))
+        return changes
+
+    async def return_exclusive(self, plan: ReturnPlan, pod_ns: str) -> list[str]:
+        """Move an ENI's link from the pod netns back to the node under plan.name (the move takes it down and
+        drops its addresses; whatever is left is flushed). "Already gone" is success."""
+        changes: list[str] = []
+        node_path = netns.netns_path(self.node_ns) if self.node_ns else "/proc/self/ns/net"
+        async with self._sockets(pod_ns) as (node, pod):
+            fd = os.open(node_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await netns.nl(f"set {plan.link.name} down in {pod_ns}",
+                               pod.link("set", index=plan.link.index, state="down"), ok=GONE)
+                moved = await netns.nl(
+                    f"move {plan.link.name} (ENI {plan.eni_id}) from {pod_ns} back to the node as {plan.name}",
+                    pod.link("set", index=plan.link.index, net_ns_fd=fd, ifname=plan.name), ok=GONE)
+            finally:
+                os.close(fd)
+            if moved is None:
+                return changes
+            changes.append(f"move ENI {plan.eni_id} back to the node as {plan.name}")
+            back = await self._link(node, plan.name)
+            if back is not None:
+                for a in (await _read_links(node, self.where)).addrs:
+                    if a.index == back.index:
+                        await netns.nl(f"flush {a.ip} from {plan.name}",
+                                       node.addr("del", index=a.index, address=a.ip, prefixlen=a.prefixlen), ok=GONE)
+        return changes
+
+    async def idle_exclusive(self, plan: IdlePlan) -> list[str]:
+        """A free exclusive ENI's link on the node: original name, down, no address."""
+        if plan.empty:
+            return []
+        changes: list[str] = []
+        link = plan.link
+        async with self._sockets() as (ipr,):
+            if plan.set_down:  # (a link is renamed only while down)
+                await netns.nl(f"set {link.name} down", ipr.link("set", index=link.index, state="down"), ok=GONE)
+                changes.append(f"set {link.name} down")
+            if plan.rename:
+                await netns.nl(f"rename {link.name} back to {plan.rename} (ENI {plan.eni_id})",
+                               ipr.link("set", index=link.index, ifname=plan.rename), ok=GONE)
+                changes.append(f"rename {link.name} back to {plan.rename}")
+            for a in plan.flush:
+                await netns.nl(f"flush {a.ip}/{a.prefixlen} from {plan.name}",
+                               ipr.addr("del", index=a.index, address=a.ip, prefixlen=a.prefixlen), ok=GONE)
+                changes.append(f"flush {a.ip}/{a.prefixlen} from {plan.name}")
+        return changes
 
     # -- ENIs ---------------------------------------------------------------------------------------------------
 
