@@ -1,0 +1,226 @@
+"""End-to-end tier (root) for the other network modes: the whole local stack (`cce-net up --mode M --nodes 2`) with
+each simulated node running its node_datapath and cni_gateway against its namespace in the simulator's fabric;
+pods are created the way a container runtime does (the installed CNI plugin, exec'd with the CNI environment) and
+ping each other through the simulated VPC. One stack per mode, shared by that mode's tests (class-scoped, so only
+one stack runs at a time)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cce_net.stack import read_state
+
+pytestmark = pytest.mark.e2e
+
+if os.geteuid() != 0:
+    pytest.skip("needs root: simulated nodes are network namespaces", allow_module_level=True)
+
+NODE_ENV = {"CCE_DATAPATH_RESYNC_PERIOD_S": "3", "CCE_DATAPATH_GC_GRACE_S": "1"}
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = list(args)
+        argv.insert(argv.index("--") if "--" in argv else len(argv), f"--state-dir={self.state_dir}")
+        return subprocess.run([sys.executable, "-m", "cce_net", *argv], capture_output=True, text=True,
+                              timeout=timeout, env=self.env, check=False)
+
+    def add(self, ref: str, node: str) -> dict[str, Any]:
+        """A pod through the installed CNI plugin, run in-process as `cce-net pod add` runs it (no CLI start-up)."""
+        from cce_net.pods import Pods
+
+        return Pods(self.state_dir).add(ref, node).view()
+
+    def delete(self, ref: str) -> None:
+        from cce_net.pods import Pods
+
+        Pods(self.state_dir).delete(ref)
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        from cce_net.pods import Pods
+
+        return {f"{p.namespace}/{p.name}": p.view() for p in Pods(self.state_dir).all()}
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(ok(self.cli("status", "--json")))
+        return data
+
+    def node_ns(self, node: str) -> str:
+        return str((read_state(self.state_dir) or {})["node_info"][node]["netns"])
+
+    @property
+    def fabric_prefix(self) -> str:
+        return str((read_state(self.state_dir) or {})["fabric_prefix"])
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def until(check: Callable[[], Any], timeout: float, what: str, period: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(period)
+
+
+def start_stack(factory: pytest.TempPathFactory, mode: str, tag: str, **env: str) -> Iterator[Stack]:
+    state_dir = factory.mktemp(tag)
+    full_env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    full_env.update(NODE_ENV, COLUMNS="200", CCE_SIM_FABRIC_PREFIX=f"{tag}{os.getpid() % 10**5}", **env)
+    stack = Stack(state_dir, full_env)
+    result = stack.cli("up", "--detach", "--nodes", "2", "--mode", mode, timeout=180)
+    if result.returncode != 0:
+        logs = state_dir / "logs"
+        tails = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+                        for p in sorted(logs.glob("*.log"))) if logs.exists() else ""
+        stack.cli("down")
+        pytest.fail(f"stack did not start:\n{result.stdout}\n{result.stderr}{tails}")
+    state = read_state(state_dir) or {}
+    if state.get("node_services_off"):
+        stack.cli("down")
+        pytest.skip(f"simulated nodes have no node services here: {state['node_services_off']}")
+    try:
+        yield stack
+    finally:
+        stack.cli("down")
+
+
+def in_ns(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=False,
+                          timeout=30)
+
+
+def ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True, check=True).stdout
+    result: list[dict[str, Any]] = json.loads(out or "[]")
+    return result
+
+
+def pings(pod: dict[str, Any], ip: str) -> bool:
+    return subprocess.run(["nsenter", f"--net={pod['netns']}", "ping", "-c", "1", "-W", "2", ip],
+                          capture_output=True, check=False, timeout=30).returncode == 0
+
+
+def ip_of(pod: dict[str, Any]) -> str:
+    return str(pod["ips"][0]).split("/")[0]
+
+
+def all_ping(pods: list[dict[str, Any]]) -> list[str]:
+    """Every pod pings every other pod; returns the pairs that failed."""
+    return [f"{a['name']} -> {b['name']} ({ip_of(b)})" for a in pods for b in pods
+            if a is not b and not pings(a, ip_of(b))]
+
+
+def leftovers(netns: str, ip: str) -> list[str]:
+    """Host veths, routes and neighbours of a pod IP still on its node."""
+    found = [f"route {r}" for r in ip_json(netns, "route", "show", "table", "all") if r.get("dst") == ip]
+    found += [f"rule {r}" for r in ip_json(netns, "rule", "show") if ip in (r.get("src"), r.get("dst"))]
+    found += [f"neigh {n}" for n in ip_json(netns, "neigh", "show") if n.get("dst") == ip]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------- vpc-route
+
+
+@pytest.fixture(scope="class")
+def route_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(tmp_path_factory, "vpc-route", "mr")
+
+
+class TestVpcRoute:
+    def test_pods_on_both_nodes_ping_each_other_through_the_vpc_route_table(self, route_stack: Stack) -> None:
+        stack = route_stack
+        for ref, node in (("default/r1", "node-1"), ("default/r2", "node-2")):  # the CLI path once per node
+            ok(stack.cli("pod", "add", ref, "--node", node))
+        stack.add("default/r3", "node-1")
+        stack.add("default/r4", "node-2")
+        pods = list(stack.pods().values())
+        status = stack.status()
+        cidrs = {n["name"]: [ipaddress.IPv4Network(c) for c in n["status"]["cidrs"]] for n in status["nodes"]}
+        routers = {n["name"]: n["status"]["router_ip"] for n in status["nodes"]}
+        for pod in pods:  # each pod's address is in its own node's CIDR, its gateway is the node's router IP
+            assert any(ipaddress.IPv4Address(ip_of(pod)) in c for c in cidrs[pod["node"]]), (pod, cidrs)
+        router_routes = {r["dst"]: r for r in ip_json(f"{stack.fabric_prefix}-vpc", "route", "show")}
+        primary_ips = {n["name"]: n["spec"]["primary_ip"] for n in status["nodes"]}
+        for node, node_cidrs in cidrs.items():  # the VPC route table's rules, as the simulated router routes them
+            for cidr in node_cidrs:
+                assert router_routes[str(cidr)]["gateway"] == primary_ips[node], router_routes
+        assert all_ping(pods) == []
+        for pod in pods:
+            assert pings(pod, routers[pod["node"]])  # the gateway answers: the node carries the router address
+
+    def test_del_leaves_nothing_of_the_pod_on_its_node(self, route_stack: Stack) -> None:
+        stack = route_stack
+        pod = stack.add("default/gone", "node-2")
+        ok(stack.cli("pod", "del", "default/gone"))
+        ns = stack.node_ns("node-2")
+        assert until(lambda: leftovers(ns, ip_of(pod)) == [], 10, "the pod's routes and neighbours to go")
+        rest = [p for p in stack.pods().values()]
+        assert all_ping(rest[:2]) == []
+
+
+# ---------------------------------------------------------------------------------------------- vpc-eni-primary
+
+
+@pytest.fixture(scope="class")
+def primary_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(tmp_path_factory, "vpc-eni-primary", "mp")
+
+
+class TestVpcEniPrimary:
+    def test_pods_on_the_primary_nic_ping_across_nodes(self, primary_stack: Stack) -> None:
+        stack = primary_stack
+        ok(stack.cli("pod", "add", "default/p1", "--node", "node-1"))
+        stack.add("default/p2", "node-2")
+        stack.add("default/p3", "node-1")
+        pods = list(stack.pods().values())
+        status = stack.status()
+        primary = {e["node"]: e for e in status["enis"] if e["use"] == "primary-nic"}
+        for pod in pods:  # pod IPs are secondaries of the node's primary NIC
+            nic = primary[pod["node"]]
+            assert ip_of(pod) in [p["ip"] for p in nic["private_ips"] if not p["primary"]]
+            assert ipaddress.IPv4Address(ip_of(pod)) in ipaddress.IPv4Network(nic["subnet_cidr"])
+        assert all_ping(pods) == []
+        ns = stack.node_ns("node-1")
+        links = [x["ifname"] for x in ip_json(ns, "link", "show")]
+        assert "eth0" in links and not [x for x in links if x.startswith("cce-eni")]  # no ENI, no table
+        assert not [r for r in ip_json(ns, "rule", "show") if r.get("priority") in (512, 1536)]
+        on_node = {r["eni_id"]: r for r in status["eni_on_node"]}
+        assert on_node[primary["node-1"]["eni_id"]]["state"] == "ready"
+        assert on_node[primary["node-1"]["eni_id"]]["link_name"] == "eth0"
+
+    def test_39_pods_get_ips_on_a_bbc_node_and_the_40th_fails_with_a_coded_reason(self, primary_stack: Stack) -> None:
+        from cce_net.pods import PodError
+
+        stack = primary_stack
+        on_node = [p for p in stack.pods().values() if p["node"] == "node-1"]
+        for i in range(39 - len(on_node)):
+            stack.add(f"default/fill-{i}", "node-1")
+        ips = [ip_of(p) for p in stack.pods().values() if p["node"] == "node-1"]
+        assert len(ips) == 39 == len(set(ips))
+        with pytest.raises(PodError) as info:
+            stack.add("default/the-40th", "node-1")
+        error = info.value.cni_error or {}
+        assert "ENICapacityExceed" in str(error.get("msg", "")) + str(error.get("details", "")), error
+        assert "default/the-40th" not in stack.pods()
+        assert all_ping([p for p in stack.pods().values() if p["name"] in ("fill-0", "p2")]) == []
