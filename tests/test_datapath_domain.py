@@ -7,29 +7,55 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from schemas.base import NetworkMode
-from schemas.records import CceEndpoint, EndpointAddress, EndpointState, Eni, EniState, EniUse, PrivateIp
+from schemas.base import InstanceType, NetworkMode
+from schemas.records import (
+    CceEndpoint,
+    EndpointAddress,
+    EndpointState,
+    Eni,
+    EniLinkState,
+    EniOnNode,
+    EniState,
+    EniUse,
+    NetResourceSet,
+    NodeSpec,
+    NodeStatus,
+    PrivateIp,
+)
 from services.node_datapath.domain import (
     MAIN_TABLE,
     SCOPE_LINK,
     Addr,
     Link,
+    LinkMissing,
     Neigh,
     NetState,
+    NodePlan,
     PlanError,
+    ReturnPlan,
     Route,
     Rule,
+    check_exclusive,
     check_pod,
     derived_mac,
     eni_want,
     enis_on_node,
+    exclusive_enis_on_node,
+    exclusive_want,
+    find_orphan_enis,
     find_stale,
     host_veth_name,
+    idle_record,
     key_of_alias,
     live_endpoints,
+    node_want,
     plan_eni,
+    plan_exclusive_return,
+    plan_exclusive_setup,
     plan_gc,
     plan_host,
+    plan_idle_exclusive,
+    plan_node,
     pod_want,
     veth_alias,
 )
@@ -217,3 +243,144 @@ def test_gc_marks_first_and_removes_after_the_grace_but_never_a_young_veth() -> 
     later = plan_gc(veth_only, due.marks, now=114.0, grace_s=10, recent_veths={"cceold": 104.0})
     assert later.remove == tuple(veth_only) and later.marks == {}
     assert plan_gc([], later.marks, now=120.0, grace_s=10, recent_veths={}).marks == {}  # no longer stale
+
+
+# ------------------------------------------------------------------------------------- the node (route, primary)
+
+
+def node_record(mode: NetworkMode, router: str | None = None) -> NetResourceSet:
+    spec = NodeSpec(instance_id="i-a", instance_type=InstanceType.BCC, zone="z", cpus=8, memory_mib=32768, mode=mode,
+                    primary_mac="02:00:00:00:00:0A")
+    return NetResourceSet(name="node-a", spec=spec,
+                          status=NodeStatus(router_ip=IPv4Address(router) if router else None))
+
+
+def host_state(*addrs: Addr) -> NetState:
+    return NetState(links=(Link(1, "lo", "00:00:00:00:00:00", True), Link(2, "eth0", "02:00:00:00:00:0a", True)),
+                    addrs=addrs)
+
+
+def test_route_mode_puts_the_router_address_on_lo_and_turns_forwarding_on() -> None:
+    want = node_want("node-a", node_record(NetworkMode.VPC_ROUTE, "172.16.1.1"), [], [])
+    assert (want.router_ip, want.forwarding, want.proxy_arp_mac) == ("172.16.1.1", True, None)
+    plan = plan_node(want, host_state(Addr(1, "172.16.9.1", 32, "lo:cce"), Addr(1, "127.0.0.1", 8, "lo")))
+    assert plan.add_addrs == (Addr(1, "172.16.1.1", 32, "lo:cce"),)
+    assert plan.delete_addrs == (Addr(1, "172.16.9.1", 32, "lo:cce"),)  # ours but stale; 127.0.0.1 is not ours
+    assert plan.sysctls == {"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0",
+                            "net/ipv4/conf/eth0/rp_filter": "0"}
+    done = plan_node(want, host_state(Addr(1, "172.16.1.1", 32, "lo:cce")))
+    assert (done.add_addrs, done.delete_addrs) == ((), ())
+
+
+def test_the_router_address_comes_from_a_route_endpoint_before_the_node_record_is_loaded() -> None:
+    ep = endpoint(mode=NetworkMode.VPC_ROUTE, addresses=[EndpointAddress(
+        ip=IPv4Address("172.16.1.5"), gateway=IPv4Address("172.16.1.1"))])
+    assert node_want("node-a", None, [], [ep]).router_ip == "172.16.1.1"
+    assert node_want("node-a", node_record(NetworkMode.VPC_ENI), [], []).router_ip is None
+
+
+def test_primary_mode_turns_proxy_arp_on_the_link_with_the_primary_nics_mac() -> None:
+    nic = eni(0, eni_id="primary-i-a", use=EniUse.PRIMARY_NIC, mac="02:00:00:00:00:0A")
+    want = node_want("node-a", None, [nic], [])
+    assert (want.proxy_arp_mac, want.primary_eni, want.forwarding) == ("02:00:00:00:00:0a", "primary-i-a", True)
+    plan = plan_node(want, host_state())
+    assert plan.primary_link is not None and plan.primary_link.name == "eth0" and plan.problem == ""
+    assert plan.sysctls["net/ipv4/conf/eth0/proxy_arp"] == "1" and plan.sysctls["net/ipv4/ip_forward"] == "1"
+    missing = plan_node(want, NetState(links=(Link(1, "lo", "00:00:00:00:00:00", True),)))
+    assert "no link with MAC 02:00:00:00:00:0a" in missing.problem
+
+
+def test_a_plain_eni_node_needs_nothing_of_the_node() -> None:
+    want = node_want("node-a", node_record(NetworkMode.VPC_ENI), [eni(1)], [])
+    assert plan_node(want, host_state()) == NodePlan()
+
+
+# ---------------------------------------------------------------------------------------------- exclusive ENIs
+
+
+XMAC = "02:00:00:00:02:01"
+
+
+def exclusive_endpoint(cid: str = "x1", **address: object) -> CceEndpoint:
+    values: dict[str, object] = dict(ip=IPv4Address("10.0.2.5"), prefix_len=24, gateway=IPv4Address("10.0.2.1"),
+                                     eni_id="eni-x", mac=XMAC.upper())
+    values.update(address)
+    return endpoint(cid, mode=NetworkMode.VPC_ENI_EXCLUSIVE, addresses=[EndpointAddress.model_validate(values)])
+
+
+def test_an_exclusive_endpoint_wants_the_whole_eni_with_its_subnet_prefix() -> None:
+    want = exclusive_want(exclusive_endpoint(), {})
+    assert (want.eni_id, want.mac, want.ip, want.prefixlen, want.gateway) == ("eni-x", XMAC, "10.0.2.5", 24,
+                                                                              "10.0.2.1")
+    from_record = exclusive_want(exclusive_endpoint(mac=None), {"eni-x": eni(eni_id="eni-x", mac=XMAC)})
+    assert from_record.mac == XMAC
+    with pytest.raises(PlanError, match="has no MAC"):
+        exclusive_want(exclusive_endpoint(mac=None), {})
+    with pytest.raises(PlanError, match="does not hand a whole ENI"):
+        exclusive_want(endpoint(), {})
+
+
+def test_exclusive_setup_moves_the_node_link_or_finishes_a_move_already_made() -> None:
+    want = exclusive_want(exclusive_endpoint(), {})
+    node = NetState(links=(Link(7, "e1234", XMAC, False),))
+    plan = plan_exclusive_setup(want, node, NetState())
+    assert plan.move == Link(7, "e1234", XMAC, False) and plan.original_name == "e1234"
+    assert plan_exclusive_setup(want, node, NetState(), original_name="eth1").original_name == "eth1"
+    moved = plan_exclusive_setup(want, NetState(), NetState(links=(Link(3, "eth0", XMAC, True),)), "e1234")
+    assert (moved.move, moved.rename_in_pod, moved.original_name) == (None, None, "e1234")
+    half = plan_exclusive_setup(want, NetState(), NetState(links=(Link(3, "e1234", XMAC, False),)))
+    assert half.rename_in_pod == Link(3, "e1234", XMAC, False)
+    with pytest.raises(LinkMissing):
+        plan_exclusive_setup(want, NetState(), NetState())
+    with pytest.raises(PlanError, match="already exists in the pod"):
+        plan_exclusive_setup(want, node, NetState(links=(Link(3, "eth0", "02:00:00:00:09:09", True),)))
+
+
+def test_exclusive_check_wants_the_enis_mac_address_and_default_route() -> None:
+    want = exclusive_want(exclusive_endpoint(), {})
+    good = NetState(links=(Link(3, "eth0", XMAC, True),), addrs=(Addr(3, "10.0.2.5", 24),),
+                    routes=(Route(MAIN_TABLE, "0.0.0.0/0", 3, "10.0.2.1"),))
+    assert check_exclusive(want, good) == []
+    wrong = NetState(links=(Link(3, "eth0", "02:00:00:00:09:09", False),))
+    assert check_exclusive(want, wrong) == [
+        f"pod interface eth0 has MAC 02:00:00:00:09:09, not ENI eni-x's {XMAC}", "pod interface eth0 is down",
+        "address 10.0.2.5/24 on eth0 missing", "pod default route via 10.0.2.1 dev eth0 missing"]
+    assert check_exclusive(want, None) == ["pod network namespace is gone"]
+
+
+def test_a_returning_eni_takes_its_original_name_unless_taken() -> None:
+    pod = NetState(links=(Link(3, "eth0", XMAC, True),))
+    assert plan_exclusive_return("eni-x", XMAC, pod, NetState(), "e1234") == ReturnPlan(
+        "eni-x", Link(3, "eth0", XMAC, True), "e1234")
+    taken = NetState(links=(Link(9, "e1234", "02:00:00:00:09:09", True),))
+    assert plan_exclusive_return("eni-x", XMAC, pod, taken, "e1234").name == "ceni00000201"  # type: ignore[union-attr]
+    assert plan_exclusive_return("eni-x", XMAC, None, NetState(), "e1234") is None  # netns gone
+    assert plan_exclusive_return("eni-x", XMAC, NetState(), NetState(), "e1234") is None  # already home
+
+
+def test_a_free_eni_is_kept_down_unaddressed_and_under_its_original_name() -> None:
+    node = NetState(links=(Link(7, "dev9", XMAC, True),), addrs=(Addr(7, "10.0.2.5", 24),))
+    plan = plan_idle_exclusive("eni-x", XMAC, node, "e1234")
+    assert plan is not None and (plan.rename, plan.set_down, plan.flush) == ("e1234", True, (Addr(7, "10.0.2.5", 24),))
+    tidy = plan_idle_exclusive("eni-x", XMAC, NetState(links=(Link(7, "e1234", XMAC, False),)), "e1234")
+    assert tidy is not None and tidy.empty
+    assert plan_idle_exclusive("eni-x", XMAC, NetState(), "e1234") is None
+    assert idle_record("eni-x", "node-a", None, None).state is EniLinkState.PENDING
+    ready = idle_record("eni-x", "node-a", "e1234", None)
+    assert (ready.state, ready.link_name, ready.original_name) == (EniLinkState.READY, "e1234", "e1234")
+
+
+def test_only_enis_in_a_gone_pods_netns_are_orphans_and_gc_waits_out_the_grace() -> None:
+    record = EniOnNode(eni_id="eni-x", node="node-a", state=EniLinkState.IN_POD, link_name="eth0",
+                       original_name="e1234", netns="/run/netns/p1", endpoint="node-a.x1.eth0")
+    enis = [eni(eni_id="eni-x", mac=XMAC, use=EniUse.EXCLUSIVE)]
+    orphans = find_orphan_enis(enis, set(), {"eni-x": record}, NetState())
+    assert [o.key for o in orphans] == ["node-a.x1.eth0"] and orphans[0].recent_key == "eni eni-x"
+    assert find_orphan_enis(enis, {"eni-x"}, {"eni-x": record}, NetState()) == []  # its pod lives
+    home = NetState(links=(Link(7, "e1234", XMAC, False),))
+    assert find_orphan_enis(enis, set(), {"eni-x": record}, home) == []  # back on the node already
+    first = plan_gc(orphans, {}, now=100.0, grace_s=10, recent_veths={"eni eni-x": 95.0})
+    assert first.remove == ()
+    assert plan_gc(orphans, first.marks, now=110.0, grace_s=10, recent_veths={"eni eni-x": 95.0}).remove == tuple(
+        orphans)
+    assert exclusive_enis_on_node([*enis, eni(eni_id="eni-s")], "node-a") == enis

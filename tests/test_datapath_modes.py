@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
 
@@ -162,7 +163,7 @@ async def world() -> AsyncIterator[ModesWorld]:
         yield w
 
 
-async def link_of(ns: str, mac: str) -> dict[str, object] | None:
+async def link_of(ns: str, mac: str) -> dict[str, Any] | None:
     return next((x for x in await ip_json(ns, "addr", "show") if x.get("address") == mac), None)
 
 
@@ -279,8 +280,8 @@ async def assert_on_node(world: ModesWorld, eni_id: str) -> None:
     node = next(n for n, i in NODES.items() if i == iid)
     link = await link_of(world.node_ns(node), mac)
     assert link is not None, f"{eni_id} is not on {node}"
-    assert link["ifname"] == eni_peer_name(eni_id) and "UP" not in link["flags"]  # type: ignore[operator]
-    assert [a for a in link["addr_info"] if a["family"] == "inet"] == []  # type: ignore[union-attr]
+    assert link["ifname"] == eni_peer_name(eni_id) and "UP" not in link["flags"]
+    assert [a for a in link["addr_info"] if a["family"] == "inet"] == []
     record = world.reporter.states[eni_id]
     assert (record.state, record.link_name, record.original_name) == (
         EniLinkState.READY, eni_peer_name(eni_id), eni_peer_name(eni_id))
@@ -328,8 +329,8 @@ async def test_exclusive_pods_carry_the_eni_and_ping_across_then_it_goes_home_fo
     broken = await dps["node-a"].check(check)
     assert not broken.ok and "address 10.0.2.5/24 on eth0 missing" in broken.problems
 
-    reply = await dps["node-a"].teardown(world.teardown_req(a, 0))
-    assert reply.removed == [f"move ENI eni-x1 back to the node as {eni_peer_name('eni-x1')}"]
+    down = await dps["node-a"].teardown(world.teardown_req(a, 0))
+    assert down.removed == [f"move ENI eni-x1 back to the node as {eni_peer_name('eni-x1')}"]
     await assert_on_node(world, "eni-x1")
     assert [x["ifname"] for x in await ip_json(world.pods[0], "link", "show")] == ["lo"]
     assert (await dps["node-a"].teardown(world.teardown_req(a, 0))).removed == []  # DEL twice
