@@ -13,7 +13,16 @@ runtime on a namespaced node would; the cost of that wrapper alone (`nsenter ...
 per variant: `--pods` ADDs one after another, then their DELs one after another; then the same number with
 `--concurrency` in flight. Pod namespaces are created before and removed after the timed calls.
 
-Run:  .venv/bin/python bench/cni.py [--pods 100] [--concurrency 20]
+Modes (`--mode`, or `all`: one stack per mode, one after the other, the reference measured once):
+- vpc-eni: as above (up to 105 pods: a node's ENIs hold that many IPs).
+- vpc-route: pods from the node's CIDR (up to 200); ready once the node has its CIDR and router address.
+- vpc-eni-primary: a BBC node, pods on its primary NIC (39 at most: 40 IPs, the NIC's own included).
+- vpc-eni-exclusive: a whole ENI per pod, so the ADD includes moving the ENI's link into the pod and the DEL moving
+  it back. A node holds at most 8 ENIs, so pods come and go in batches of as many as there are free ENIs
+  (sequential: ADD then DEL, one pod at a time; concurrent: a batch of up to --concurrency ADDs, then their DELs),
+  after a warm-up that leaves that many ENIs attached and free; ENI cooldown 0.
+
+Run:  .venv/bin/python bench/cni.py [--pods 100] [--concurrency 20] [--mode vpc-eni|vpc-route|...|all]
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from cce_net.pods import create_netns, remove_netns  # noqa: E402
 from cce_net.stack import REFERENCE_PLUGINS, LocalStack  # noqa: E402
 
 ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={name}"
+MODES = ("vpc-eni", "vpc-route", "vpc-eni-primary", "vpc-eni-exclusive")
+MAX_PODS = {"vpc-eni": 105, "vpc-route": 200, "vpc-eni-primary": 39, "vpc-eni-exclusive": 10**6}
 
 
 def timed_runs(network: CniNetwork, command: str, items: list[tuple[str, str]],
@@ -62,7 +73,10 @@ def timed_runs(network: CniNetwork, command: str, items: list[tuple[str, str]],
     return list(per_container.values())
 
 
-def phase(network: CniNetwork, label: str, pods: int, concurrency: int) -> dict[str, list[float]]:
+def phase(network: CniNetwork, label: str, pods: int, concurrency: int,
+          batch: int | None = None) -> dict[str, list[float]]:
+    """ADD `batch` pods (`concurrency` in flight), then DEL them; repeated until `pods` were added (batch None:
+    all at once)."""
     items = [(f"{label}{i:04d}{os.getpid()}", f"cce-bench-{label}{i}") for i in range(pods)]
     for _, ns in items:
         create_netns(ns)
@@ -74,8 +88,13 @@ def phase(network: CniNetwork, label: str, pods: int, concurrency: int) -> dict[
         def delete(cid: str, ns: str) -> None:
             network.delete(cid, f"/run/netns/{ns}", "eth0", ARGS.format(name=cid), results.get(cid))  # type: ignore[arg-type]
 
-        return {"ADD": timed_runs(network, "ADD", items, add, concurrency),
-                "DEL": timed_runs(network, "DEL", items, delete, concurrency)}
+        out: dict[str, list[float]] = {"ADD": [], "DEL": []}
+        step = batch or pods
+        for first in range(0, pods, step):
+            chunk = items[first:first + step]
+            out["ADD"] += timed_runs(network, "ADD", chunk, add, concurrency)
+            out["DEL"] += timed_runs(network, "DEL", chunk, delete, concurrency)
+        return out
     finally:
         for _, ns in items:
             remove_netns(ns)
@@ -121,10 +140,101 @@ def wait_pool(stack: LocalStack, node: str, free: int, timeout: float) -> float:
     return asyncio.run(poll())
 
 
+def wait_ready(stack: LocalStack, node: str, timeout: float) -> float:
+    """vpc-route: until the node's record is ready (its CIDR and router address are there)."""
+    from chassis.bus import Bus
+    from chassis.config import ChassisSettings
+    from schemas.records import NetResourceSet
+    from schemas.subjects import NODES
+
+    async def poll() -> float:
+        bus = await Bus.connect(ChassisSettings(nats_url=stack.url), name="bench-cni")
+        try:
+            kv = await bus.bucket(NODES)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                try:
+                    status = NetResourceSet.model_validate_json((await kv.get(node)).value or b"{}").status
+                    if status.ready and status.router_ip is not None:
+                        return time.monotonic() - t0
+                except Exception:  # not there yet
+                    pass
+                await asyncio.sleep(0.25)
+            raise SystemExit(f"node {node} was not ready within {timeout}s")
+        finally:
+            await bus.close()
+
+    return asyncio.run(poll())
+
+
+def warm_enis(network: CniNetwork, count: int, timeout: float) -> int:
+    """vpc-eni-exclusive: add pods until `count` hold ENIs (each ADD may wait for the next ENI to be attached),
+    then delete them: their ENIs stay attached and free. Returns how many ENIs were free at the end."""
+    held: list[tuple[str, str, object]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(held) < count and time.monotonic() < deadline:
+            cid, ns = f"warm{len(held)}x{os.getpid()}", f"cce-bench-warm{len(held)}"
+            create_netns(ns)
+            try:
+                held.append((cid, ns, network.add(cid, f"/run/netns/{ns}", "eth0", ARGS.format(name=cid))))
+            except Exception as err:
+                remove_netns(ns)
+                if "ENICapacityExceed" in str(err):
+                    break
+                time.sleep(1)
+    finally:
+        for cid, ns, result in held:
+            network.delete(cid, f"/run/netns/{ns}", "eth0", ARGS.format(name=cid), result)  # type: ignore[arg-type]
+            remove_netns(ns)
+    return len(held)
+
+
+def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Start a one-node stack in `mode`, warm it, run the sequential and concurrent phases, stop it."""
+    pods = min(args.pods, MAX_PODS[mode])
+    pool: dict[str, object] = {"min_allocate": pods + 5, "pre_allocate": pods, "max_above_watermark": 110,
+                               "cooldown_s": 0}
+    if mode == "vpc-eni-exclusive":
+        pool = {"cooldown_s": 0, "eni_cooldown_s": 0}
+    os.environ["CCE_SIM_FABRIC_PREFIX"] = f"bc{os.getpid() % 100000}{MODES.index(mode)}"
+    stack = LocalStack(tmp / mode, nodes=1, mode=mode, pool=pool, say=lambda m: print(m, file=sys.stderr))
+    figures: dict[tuple[str, str], dict[str, list[float]]] = {}
+    try:
+        t0 = time.monotonic()
+        stack.start(timeout=90)
+        info = stack.node_info["node-1"]
+        ours = CniNetwork(load_conflist(Path(info["conf_dir"]) / "10-cce.conflist"),
+                          CniRuntime([info["bin_dir"]], exec_netns=f"/run/netns/{info['netns']}"))
+        up = time.monotonic() - t0
+        batch: int | None = None
+        if mode == "vpc-eni-exclusive":
+            free = warm_enis(ours, args.concurrency, timeout=180)
+            batch = max(1, free)
+            what = f"{free} ENIs attached and free"
+        elif mode == "vpc-route":
+            wait_ready(stack, "node-1", timeout=120)
+            what = "node CIDR and router address"
+        else:
+            wait_pool(stack, "node-1", pods, timeout=180)
+            what = f"pool of {pods} free IPs"
+        print(f"[{mode}] stack up in {up:.1f} s; warm ({what}) {time.monotonic() - t0 - up:.1f} s later")
+        figures[(mode, "sequential")] = phase(ours, f"c{MODES.index(mode)}s", pods, 1, 1 if batch else None)
+        conc = min(args.concurrency, batch) if batch else args.concurrency
+        figures[(mode, f"{conc} concurrent")] = phase(ours, f"c{MODES.index(mode)}c", pods, conc, batch)
+    finally:
+        stack.stop()
+        from services.vpc_sim.fabric import Fabric  # the simulator removes its namespaces; this is in case
+
+        asyncio.run(Fabric(prefix=stack.fabric_prefix).teardown())
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--mode", choices=[*MODES, "all"], default="vpc-eni", help="network mode(s) of our node")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root: pods are network namespaces")
@@ -132,52 +242,51 @@ def main() -> None:
         raise SystemExit(f"needs the reference plugins in {REFERENCE_PLUGINS} "
                          "(apt-get install containernetworking-plugins)")
     tmp = Path(tempfile.mkdtemp(prefix="cce-bench-cni-"))
-    os.environ["CCE_SIM_FABRIC_PREFIX"] = f"bc{os.getpid() % 100000}"
-    pods = min(args.pods, 105)
-    pool = {"min_allocate": pods + 5, "pre_allocate": pods, "max_above_watermark": 110, "cooldown_s": 0}
-    stack = LocalStack(tmp / "state", nodes=1, pool=pool, say=lambda m: print(m, file=sys.stderr))
     ref_ns = f"cce-bench-ref{os.getpid() % 100000}"
     try:
-        t0 = time.monotonic()
-        stack.start(timeout=90)
-        info = stack.node_info["node-1"]
-        warm = wait_pool(stack, "node-1", pods, timeout=180)
-        print(f"stack up in {time.monotonic() - t0 - warm:.1f} s; pool warm ({pods} free) {warm:.1f} s later")
-        ours = CniNetwork(load_conflist(Path(info["conf_dir"]) / "10-cce.conflist"),
-                          CniRuntime([info["bin_dir"]], exec_netns=f"/run/netns/{info['netns']}"))
+        figures: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for mode in MODES if args.mode == "all" else (args.mode,):
+            figures.update(measure_mode(mode, args, tmp))
         create_netns(ref_ns)
         ref_conf = {"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [{
             "type": "ptp", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.213.0.0/16"}]],
                                     "dataDir": str(tmp / "host-local")}}]}
         ref = CniNetwork(conflist_from(ref_conf), CniRuntime([REFERENCE_PLUGINS], exec_netns=f"/run/netns/{ref_ns}"))
-        figures: dict[tuple[str, str], dict[str, list[float]]] = {}
-        for mode, conc in (("sequential", 1), (f"{args.concurrency} concurrent", args.concurrency)):
-            figures[("cce", mode)] = phase(ours, "c" + mode[0], pods, conc)
-            figures[("ptp+host-local", mode)] = phase(ref, "r" + mode[0], pods, conc)
+        pods = min(args.pods, 105)
+        references = {"sequential": phase(ref, "rs", pods, 1)}
+        for conc in sorted({int(m.split()[0]) for _, m in figures if m != "sequential"}):
+            references[f"{conc} concurrent"] = phase(ref, f"rc{conc}x", pods, conc)
         wrap = wrapper_cost(ref_ns)
-        head = ("op", "mode", "plugin", "n", "p50 ms", "p95 ms", "p99 ms", "p50 ratio")
-        rows = []
-        for (plugin, mode), ops in figures.items():
-            for op, values in ops.items():
-                base = figures[("ptp+host-local", mode)][op]
-                ratio = ms(values, 0.5) / ms(base, 0.5)
-                rows.append((op, mode, plugin, str(len(values)), f"{ms(values, .5):.1f}", f"{ms(values, .95):.1f}",
-                             f"{ms(values, .99):.1f}", f"x{ratio:.2f}"))
-        rows.sort(key=lambda r: (r[1] != "sequential", r[0], r[2] != "cce"))
-        widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-        for row in [head, tuple("-" * w for w in widths), *rows]:
-            print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        print_table(figures, references)
         print(f"harness wrapper alone (nsenter --net=... /bin/true): p50 {ms(wrap, .5):.1f} ms, "
               f"p99 {ms(wrap, .99):.1f} ms (included in every figure above)")
-        print(json.dumps({f"{p}|{m}|{op}": round(ms(v, .5), 2) for (p, m), ops in figures.items()
+        print(json.dumps({f"{p}|{m}|{op}": round(ms(v, .5), 2)
+                          for (p, m), ops in [*figures.items(), *(((REF, m), o) for m, o in references.items())]
                           for op, v in ops.items()}))
     finally:
-        stack.stop()
-        from services.vpc_sim.fabric import Fabric  # the simulator removes its namespaces; this is in case
-
-        asyncio.run(Fabric(prefix=stack.fabric_prefix).teardown())
         remove_netns(ref_ns)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+REF = "ptp+host-local"
+
+
+def print_table(figures: dict[tuple[str, str], dict[str, list[float]]],
+                references: dict[str, dict[str, list[float]]]) -> None:
+    head = ("op", "mode", "plugin", "n", "p50 ms", "p95 ms", "p99 ms", "p50 ratio")
+    rows = []
+    every = [*(((f"cce {m}", c), ops) for (m, c), ops in figures.items()), *(((REF, c), o)
+                                                                           for c, o in references.items())]
+    for (plugin, conc), ops in every:
+        for op, values in ops.items():
+            base = references[conc][op]
+            ratio = ms(values, 0.5) / ms(base, 0.5)
+            rows.append((op, conc, plugin, str(len(values)), f"{ms(values, .5):.1f}", f"{ms(values, .95):.1f}",
+                         f"{ms(values, .99):.1f}", f"x{ratio:.2f}"))
+    rows.sort(key=lambda r: (r[1] != "sequential", r[1], r[0], r[2] == REF, r[2]))
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for row in [head, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 if __name__ == "__main__":
