@@ -18,7 +18,7 @@ from chassis.rpc import call
 from cloud.bce import BceSettings, BceVpcApi
 from cloud.port import CloudApi, CloudEni
 from schemas.base import NetworkMode
-from schemas.errors import CceError
+from schemas.errors import CceError, ErrorReason
 from schemas.messages import AllocateReply, AllocateRequest, NodeRegisterRequest, PodRef
 from schemas.records import Eni, EniProvision, Lease, NetResourceSet, NodePool, PoolSettings
 from schemas.subjects import ENIS, IPAM_ALLOCATE, LEASES, NODE_REGISTER, NODES, POOLS, PROVISION
@@ -106,12 +106,21 @@ class Cluster:
     async def register(self, name: str, inst: dict[str, object], *, max_pods: int = 110,
                        pool: PoolSettings | None = None, mode: NetworkMode = NetworkMode.VPC_ENI,
                        **extra: object) -> None:
-        """Register like a node agent; `extra`: more NodeRegisterRequest fields (max_enis, allow_exclusive...)."""
-        await call(self.bus, NODE_REGISTER, NodeRegisterRequest(
+        """Register like a node agent; `extra`: more NodeRegisterRequest fields (max_enis, allow_exclusive...).
+        A just-started ipam may not be subscribed yet: ServiceUnavailable is retried for a few seconds."""
+        req = NodeRegisterRequest(
             node=name, instance_id=str(inst["id"]), instance_type=str(inst["instanceType"]),  # type: ignore[arg-type]
             zone=str(inst["zoneName"]), cpus=int(inst["cpuCount"]),  # type: ignore[call-overload]
             memory_mib=int(inst["memoryCapacityInGB"]) * 1024,  # type: ignore[call-overload]
-            max_pods=max_pods, pool=pool, mode=mode, **extra), timeout=5)  # type: ignore[arg-type]
+            max_pods=max_pods, pool=pool, mode=mode, **extra)  # type: ignore[arg-type]
+        for attempt in range(50):
+            try:
+                await call(self.bus, NODE_REGISTER, req, timeout=5)
+                return
+            except CceError as err:
+                if err.reason is not ErrorReason.SERVICE_UNAVAILABLE or attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def nrs(self, node: str) -> NetResourceSet | None:
         item = await (await self.store(NODES)).get(node)

@@ -123,6 +123,10 @@ class CniRequest:
     def attachment(self) -> Attachment:
         return Attachment(self.container_id, self.ifname)
 
+    @property
+    def wants_exclusive_eni(self) -> bool:
+        return wants_exclusive_eni(self.args)
+
 
 def decode_request(data: bytes) -> dict[str, Any]:
     """The socket's request line as a JSON object, or CNI code 6."""
@@ -247,6 +251,18 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     if len(args) > ARGS_MAX:
         raise CniFailure(CniCode.INVALID_ENV, f"CNI_ARGS has more than {ARGS_MAX} pairs")
     return args
+
+
+# The pod's opt-in to a whole ENI (nodes with allow_exclusive): a CNI_ARGS key, or the pod annotation as a runtime
+# passes annotations (K8S_POD_ANNOTATION_<key>=<value>).
+EXCLUSIVE_ARG = "CCE_EXCLUSIVE_ENI"
+EXCLUSIVE_ANNOTATION_ARG = "K8S_POD_ANNOTATION_cce.io/exclusive-eni"
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+
+
+def wants_exclusive_eni(args: Mapping[str, str]) -> bool:
+    """Whether the pod asks for an exclusive ENI (`CCE_EXCLUSIVE_ENI=true` or the annotation `cce.io/exclusive-eni`)."""
+    return any(args.get(name, "").strip().lower() in TRUE_WORDS for name in (EXCLUSIVE_ARG, EXCLUSIVE_ANNOTATION_ARG))
 
 
 def pod_of(args: Mapping[str, str], container_id: str) -> PodRef:

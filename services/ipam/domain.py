@@ -12,155 +12,32 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from schemas.base import NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.messages import AllocateRequest
 from schemas.records import (
     CceEndpoint,
-    ClusterCidrPool,
     EndpointAddress,
     EndpointState,
-    Eni,
     EniProvision,
     EniState,
     EniUse,
     NodeCapacity,
-    NodeCidr,
-    NodeCidrState,
     NodePool,
-    NodeSpec,
     NodeStatus,
     PoolDemand,
-    PoolSettings,
     ReleaseMark,
     ReleaseState,
-    RouteRule,
-    RouteRuleState,
 )
+from services.ipam import exclusive_pool as xp
 from services.ipam import watermarks as wm
-
-ROUTE_TABLE_BASE = 127
-# A provisioning error eni_manager reports that is also the reason an allocation failed.
-PROVISION_REASONS = frozenset({
-    ErrorReason.SUBNET_NO_MORE_IP, ErrorReason.ENI_CAPACITY_EXCEED, ErrorReason.NO_AVAILABLE_SUBNET,
-    ErrorReason.CLOUD_THROTTLED, ErrorReason.CLOUD_ERROR,
-})
-LIVE_ENI_STATES = frozenset({EniState.AVAILABLE, EniState.ATTACHING, EniState.INUSE})
-
-
-@dataclass(frozen=True)
-class IpSlot:
-    """One pod address: a secondary IP of an ENI, or (vpc-route) a host address of one of the node's CIDRs."""
-
-    ip: IPv4Address
-    eni: Eni | None = None
-    cidr: IPv4Network | None = None
-
-    @property
-    def origin(self) -> str:
-        """What the address comes from: the ENI id or the node CIDR."""
-        return self.eni.eni_id if self.eni is not None else str(self.cidr)
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    """Everything about a node besides its pool: its spec, its ENI records, eni_manager's view of it."""
-
-    node: str
-    spec: NodeSpec
-    enis: tuple[Eni, ...] = ()
-    provision: EniProvision | None = None
-    cidrs: tuple[NodeCidr, ...] = ()  # vpc-route: the node's CIDRs (route_manager's records)
-    routes: tuple[RouteRule, ...] = ()  # vpc-route: the route rules of those CIDRs
-    cidr_pool: ClusterCidrPool | None = None
-
-    @property
-    def is_route_mode(self) -> bool:
-        return self.spec.mode is NetworkMode.VPC_ROUTE
-
-    @property
-    def settings(self) -> PoolSettings:
-        return self.spec.pool
-
-    @property
-    def quota(self) -> wm.Quota:
-        if self.spec.mode is NetworkMode.VPC_ENI_PRIMARY:
-            return wm.primary_nic_quota(self.spec, self.provision)
-        return wm.eni_quota(self.spec, self.provision)
-
-    @property
-    def ip_use(self) -> EniUse:
-        """Which ENIs carry the node's pod IPs: the primary NIC in vpc-eni-primary, else secondary-IP ENIs."""
-        return EniUse.PRIMARY_NIC if self.spec.mode is NetworkMode.VPC_ENI_PRIMARY else EniUse.SECONDARY_IPS
-
-    @property
-    def max_allocate(self) -> int:
-        return wm.max_allocate(self.spec)
-
-    @cached_property
-    def secondary_enis(self) -> list[Eni]:
-        """The ENIs whose secondary IPs are the node's pool (secondary-IP ENIs, or the primary NIC in
-        vpc-eni-primary), in order of their node-local index."""
-        mine = [e for e in self.enis if e.node == self.node and e.use is self.ip_use]
-        return sorted(mine, key=lambda e: (e.index, e.eni_id))
-
-    @cached_property
-    def usable_enis(self) -> list[Eni]:
-        return [e for e in self.secondary_enis if e.state is EniState.INUSE]
-
-    @cached_property
-    def _holders(self) -> dict[str, Eni]:
-        return {str(ip): eni for eni in self.secondary_enis for ip in eni.secondary_ips}
-
-    def eni_holding(self, ip: str) -> Eni | None:
-        """The node's ENI record (any state) that carries `ip` as a secondary IP."""
-        return self._holders.get(ip)
-
-    # ---- vpc-route ---------------------------------------------------------------------------------------------
-
-    @cached_property
-    def node_cidrs(self) -> list[NodeCidr]:
-        """The node's CIDRs, first allocated first (the first carries the router address)."""
-        mine = [c for c in self.cidrs if c.node == self.node]
-        return sorted(mine, key=lambda c: (c.allocated_at, int(c.cidr.network_address)))
-
-    @property
-    def router_ip(self) -> IPv4Address | None:
-        """The pod gateway on the node: the first host address of its first CIDR."""
-        return self.node_cidrs[0].router_ip if self.node_cidrs else None
-
-    def route_of(self, cidr: IPv4Network) -> RouteRule | None:
-        return next((r for r in self.routes if r.destination == cidr), None)
-
-    def is_routed(self, cidr: NodeCidr) -> bool:
-        route = self.route_of(cidr.cidr)
-        return route is not None and route.state is RouteRuleState.PROGRAMMED and route.node == self.node
-
-    @cached_property
-    def usable_cidrs(self) -> list[NodeCidr]:
-        """Active CIDRs whose route rule is programmed: pods there are reachable across the VPC."""
-        return [c for c in self.node_cidrs if c.state is NodeCidrState.ACTIVE and self.is_routed(c)]
-
-    def cidr_holding(self, ip: str) -> NodeCidr | None:
-        addr = IPv4Address(ip)
-        return next((c for c in self.node_cidrs if addr in c.cidr), None)
-
-    def slot_of(self, ip: str) -> IpSlot | None:
-        """The address as a slot of the node (any ENI state, any CIDR state), or None when the node lost it."""
-        if self.is_route_mode:
-            cidr = self.cidr_holding(ip)
-            if cidr is None or IPv4Address(ip) == self.router_ip:
-                return None
-            return IpSlot(IPv4Address(ip), cidr=cidr.cidr)
-        eni = self.eni_holding(ip)
-        return IpSlot(IPv4Address(ip), eni) if eni is not None else None
-
-    def route_slots(self) -> list[IpSlot]:
-        router = self.router_ip
-        return [IpSlot(ip, cidr=c.cidr) for c in self.usable_cidrs for ip in c.cidr.hosts() if ip != router]
+from services.ipam.facts import LIVE_ENI_STATES as LIVE_ENI_STATES  # re-exported: callers know them from here
+from services.ipam.facts import PROVISION_REASONS as PROVISION_REASONS
+from services.ipam.facts import ROUTE_TABLE_BASE as ROUTE_TABLE_BASE
+from services.ipam.facts import IpSlot as IpSlot
+from services.ipam.facts import NodeFacts as NodeFacts
 
 
 def _ip_order(ip: IPv4Address | str) -> int:
@@ -220,6 +97,8 @@ class PoolView:
 
     def target(self) -> int:
         settings, upper = self.facts.settings, self.facts.max_allocate
+        if self.facts.spec.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
+            return 0  # pods take whole ENIs: no secondary IPs
         target = wm.target_ips(self.used, self.pending, settings, upper, cooling=self.cooling)
         if not settings.burstable:
             return target
@@ -233,10 +112,17 @@ class PoolView:
         keep = wm.keep_ips(self.target(), self.used, self.cooling, self.pending, settings)
         return wm.excess_ips(self.available, self.free, keep, settings)
 
+    @property
+    def enis(self) -> xp.EniView:
+        """The node's exclusive ENIs."""
+        return xp.EniView(self.pool, self.facts, self.now)
+
     def demand(self, removing: bool = False) -> PoolDemand:
+        enis = self.enis
         return PoolDemand(target_ips=0 if removing else self.target(), used=self.used, pending=self.pending,
                           free=self.free, cooling=self.cooling, releasing=len(self.pool.releasing),
-                          computed_at=self.now)
+                          computed_at=self.now, target_enis=0 if removing else enis.target(), enis_used=enis.used,
+                          enis_pending=enis.pending, enis_free=len(enis.free))
 
 
 # ---- claims -----------------------------------------------------------------------------------------------------
@@ -297,6 +183,7 @@ class Claim:
     at_max: bool = False
     cancelled: bool = False
     next_cooldown_end: datetime | None = None
+    at_capacity: bool = False  # exclusive: every ENI the quota allows is held; waiting would not help
 
 
 def is_at_max_pods(used: int, upper: int) -> bool:
@@ -327,15 +214,20 @@ def claim_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime, wait: bo
 
 
 def drop_waiting(pool: NodePool, facts: NodeFacts, key: str, now: datetime) -> NodePool:
-    if key not in pool.waiting:
+    """`key` waits no more, for an IP or for an exclusive ENI."""
+    if key not in pool.waiting and key not in pool.exclusive_waiting:
         return pool
     new = pool.model_copy(deep=True)
-    new.waiting.pop(key)
+    new.waiting.pop(key, None)
+    new.exclusive_waiting.pop(key, None)
     return refresh_demand(new, facts, now)
 
 
-def release_ip(pool: NodePool, key: str, cooldown_s: float, now: datetime) -> tuple[NodePool, list[IPv4Address]]:
-    """Free every IP `key` holds; each cools down before anyone gets it again. Idempotent."""
+def release_ip(pool: NodePool, key: str, cooldown_s: float, now: datetime,
+               eni_cooldown_s: float = 0.0) -> tuple[NodePool, list[IPv4Address]]:
+    """Free every IP `key` holds (each cools down before anyone gets it again) and every exclusive ENI it holds
+    (cooling down for `eni_cooldown_s`). Idempotent; returns the freed IPs."""
+    pool, _enis = xp.release_enis(pool, key, eni_cooldown_s, now)
     ips = sorted((ip for ip, holder in pool.allocated.items() if holder == key), key=_ip_order)
     if not ips and key not in pool.waiting:
         return pool, []
@@ -355,7 +247,11 @@ def release_ip(pool: NodePool, key: str, cooldown_s: float, now: datetime) -> tu
 def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: datetime, ttl_s: float,
                  router_ip: IPv4Address | None = None) -> CceEndpoint:
     eni = slot.eni
-    if eni is None:  # vpc-route: the node's router address is the gateway; no ENI, no per-ENI table
+    if eni is not None and eni.use is EniUse.EXCLUSIVE:  # the whole ENI: its primary IP with the subnet's mask
+        address = EndpointAddress(ip=slot.ip, prefix_len=eni.subnet_cidr.prefixlen, gateway=eni.gateway,
+                                  subnet_cidr=eni.subnet_cidr, eni_id=eni.eni_id, subnet_id=eni.subnet_id,
+                                  mac=eni.mac)
+    elif eni is None:  # vpc-route: the node's router address is the gateway; no ENI, no per-ENI table
         assert router_ip is not None and slot.cidr is not None
         address = EndpointAddress(ip=slot.ip, prefix_len=32, gateway=router_ip, subnet_cidr=slot.cidr)
     else:
@@ -384,14 +280,21 @@ def expired_endpoints(endpoints: Mapping[str, CceEndpoint], now: datetime) -> li
 
 
 def orphan_claims(pool: NodePool, endpoint_keys: Collection[str]) -> dict[str, str]:
-    """Claims (IP -> key) whose endpoint does not exist: a write lost between the claim and the endpoint."""
-    return {ip: key for ip, key in pool.allocated.items() if key not in endpoint_keys}
+    """Claims (IP or exclusive ENI id -> key) whose endpoint does not exist: a write lost between the claim and the
+    endpoint, or an endpoint that vanished while its pod held the claim."""
+    claims = {**pool.allocated, **pool.exclusive}
+    return {held: key for held, key in claims.items() if key not in endpoint_keys}
+
+
+def holds(pool: NodePool, key: str, endpoint: CceEndpoint) -> bool:
+    """Whether `key` holds one of the endpoint's addresses (its IP, or its whole ENI)."""
+    return any(pool.allocated.get(str(a.ip)) == key or (a.eni_id is not None and pool.exclusive.get(a.eni_id) == key)
+               for a in endpoint.addresses)
 
 
 def stray_endpoints(endpoints: Mapping[str, CceEndpoint], pool: NodePool) -> list[str]:
-    """Endpoints whose IP their key does not hold in the pool (a release that lost its last write)."""
-    return sorted(key for key, ep in endpoints.items()
-                  if not any(pool.allocated.get(str(a.ip)) == key for a in ep.addresses))
+    """Endpoints whose IP (or ENI) their key does not hold in the pool (a release that lost its last write)."""
+    return sorted(key for key, ep in endpoints.items() if not holds(pool, key, ep))
 
 
 # ---- failures and status ---------------------------------------------------------------------------------------
@@ -417,20 +320,29 @@ def failure(node: str, provision: EniProvision | None, used: int, upper: int, wa
 
 def node_capacity(view: PoolView) -> NodeCapacity:
     quota = view.facts.quota
-    current = sum(len(e.secondary_ips) for e in view.facts.secondary_enis if e.state in LIVE_ENI_STATES)
-    return NodeCapacity(free_ips=view.free, used_ips=view.used, attachable_ips=max(0, quota.max_secondaries - current),
-                        max_enis=quota.max_enis, ips_per_eni=quota.ips_per_eni)
+    if view.facts.spec.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
+        attachable = 0
+    else:
+        current = sum(len(e.secondary_ips) for e in view.facts.secondary_enis if e.state in LIVE_ENI_STATES)
+        attachable = max(0, quota.max_secondaries - current)
+    return NodeCapacity(free_ips=view.free, used_ips=view.used, attachable_ips=attachable,
+                        free_enis=len(view.enis.free), max_enis=quota.max_enis, ips_per_eni=quota.ips_per_eni)
 
 
 def is_ready(view: PoolView) -> bool:
-    """Usable once it has its first IPs: min(min_allocate, max_allocate) of them, or an in-use ENI."""
+    """Usable once it has its first IPs: min(min_allocate, max_allocate) of them, or an in-use ENI (exclusive
+    mode: an exclusive ENI in use, held or free)."""
+    if view.facts.spec.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
+        return any(e.state is EniState.INUSE for e in view.enis.enis)
     wanted = min(view.facts.settings.min_allocate, view.facts.max_allocate)
     return len(view.slots) >= wanted or bool(view.facts.usable_enis)
 
 
 def node_status(status: NodeStatus, view: PoolView) -> NodeStatus | None:
-    """The status with the pool's readiness, ENIs and capacity; None when nothing changed."""
-    enis = [e.eni_id for e in view.facts.secondary_enis if e.state is not EniState.DELETED]
+    """The status with the pool's readiness, ENIs (pool ENIs, then exclusive ones) and capacity; None when nothing
+    changed."""
+    pool_enis = [*view.facts.secondary_enis, *xp.exclusive_enis(view.facts)]
+    enis = [e.eni_id for e in pool_enis if e.state is not EniState.DELETED]
     ready, capacity = is_ready(view), node_capacity(view)
     if status.ready == ready and status.enis == enis and status.capacity == capacity:
         return None
@@ -517,6 +429,7 @@ def maintain_pool(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s
     stale = sorted(k for k, since in pool.waiting.items() if since + timedelta(seconds=waiting_ttl_s) <= now)
     for key in stale:
         del new.waiting[key]
+    xp.prune(new, facts, now, waiting_ttl_s)
     # vpc-route: no IP-level release handshake; idle CIDRs go back through route_manager
     plan = ReleasePlan() if removing or facts.is_route_mode else plan_release(PoolView(new, facts, now))
     new = refresh_demand(apply_release(new, plan, now), facts, now, removing)

@@ -27,6 +27,8 @@ from schemas.messages import (
 from schemas.records import CceEndpoint, NetResourceSet, NodePool, NodeSpec, PoolSettings
 from schemas.subjects import IPAM_ALLOCATE, IPAM_CONFIRM, IPAM_RELEASE, NODE_REGISTER, NODE_REMOVE, endpoint_key
 from services.ipam import domain, route_mode
+from services.ipam.exclusive import failure as exclusive_failure
+from services.ipam.exclusive_pool import allows_exclusive, is_exclusive
 from services.ipam.pool_ops import PoolOps, endpoint_ips
 from services.ipam.state import node_key, wait_event
 from services.ipam.watermarks import max_allocate
@@ -132,24 +134,28 @@ class IpamHandlers:
 
     async def allocate(self, req: AllocateRequest) -> AllocateReply:
         nrs = await self._registered(req.node)
-        if req.exclusive:
-            raise CceError(ErrorReason.INVALID_REQUEST, "exclusive ENIs are not served by this ipam yet",
-                           fields=["exclusive"])
+        if req.exclusive and not allows_exclusive(nrs.spec):
+            raise CceError(ErrorReason.INVALID_REQUEST, f"node {req.node} ({nrs.spec.mode.value}) does not allow "
+                           "exclusive ENIs", fields=["exclusive"], node=req.node)
+        exclusive = is_exclusive(nrs.spec, req.exclusive)
         key = endpoint_key(req.node, req.container_id, req.ifname)
         existing = await self.state.stores.endpoints.get(key)
         if existing is not None:
             return AllocateReply(endpoint=existing.value, reused=True)
         wait_s = req.wait_s if "wait_s" in req.model_fields_set else self.settings.default_wait_s
         wait_s = min(wait_s, self.settings.max_wait_s)
-        claim = await self._claim(nrs, key, wait_s)
+        claim = await self._claim(nrs, key, wait_s, exclusive)
         if claim.slot is None:
+            if exclusive:
+                raise exclusive_failure(self.state.facts(req.node, nrs.spec), claim, wait_s, self.ops.clock())
             if nrs.spec.mode is NetworkMode.VPC_ROUTE:
                 current = await self._node(req.node) or nrs
                 raise route_mode.failure(self.state.facts(req.node, nrs.spec), current.status,
                                          len(claim.pool.allocated), wait_s)
             raise domain.failure(req.node, self.state.provision(req.node), len(claim.pool.allocated),
                                  max_allocate(nrs.spec), wait_s)
-        endpoint, reused = await self._record(req, nrs, key, claim.slot, claim.reused)
+        mode = NetworkMode.VPC_ENI_EXCLUSIVE if exclusive else nrs.spec.mode
+        endpoint, reused = await self._record(req, nrs, mode, key, claim.slot, claim.reused)
         if not reused:
             origin: dict[str, Any] = {"eni_id": claim.slot.eni.eni_id} if claim.slot.eni else {
                 "cidr": str(claim.slot.cidr)}
@@ -157,7 +163,7 @@ class IpamHandlers:
                                       ip=str(claim.slot.ip), pod=f"{req.pod.namespace}/{req.pod.name}", **origin)
         return AllocateReply(endpoint=endpoint, reused=reused)
 
-    async def _claim(self, nrs: NetResourceSet, key: str, wait_s: float) -> domain.Claim:
+    async def _claim(self, nrs: NetResourceSet, key: str, wait_s: float, exclusive: bool = False) -> domain.Claim:
         """Claim an IP, waiting up to `wait_s` for the pool to refill; the waiting entry goes in every outcome."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -165,14 +171,15 @@ class IpamHandlers:
         try:
             while True:
                 changed = self.state.signals.current(nrs.name)
-                claim = await self.ops.claim(nrs, key, wait=wait_s > 0, resume=waiting)
+                claim = await self.ops.claim(nrs, key, wait=wait_s > 0, resume=waiting, exclusive=exclusive)
                 if claim.cancelled:
                     waiting = False
                     raise CceError(ErrorReason.CONFLICT, f"{key} was released while its allocation waited",
                                    node=nrs.name, key=key)
-                waiting = wait_s > 0 and claim.slot is None and not claim.at_max
+                done = claim.slot is not None or claim.at_max or claim.at_capacity
+                waiting = wait_s > 0 and not done
                 remaining = deadline - loop.time()
-                if claim.slot is not None or claim.at_max or remaining <= 0:
+                if done or remaining <= 0:
                     return claim
                 await wait_event(changed, min(remaining, RECHECK_S, self._until(claim)))
         finally:
@@ -184,11 +191,11 @@ class IpamHandlers:
             return RECHECK_S
         return max(0.0, (claim.next_cooldown_end - self.ops.clock()).total_seconds())
 
-    async def _record(self, req: AllocateRequest, nrs: NetResourceSet, key: str, slot: domain.IpSlot,
-                      reused: bool) -> tuple[CceEndpoint, bool]:
+    async def _record(self, req: AllocateRequest, nrs: NetResourceSet, mode: NetworkMode, key: str,
+                      slot: domain.IpSlot, reused: bool) -> tuple[CceEndpoint, bool]:
         """Write the endpoint of a claim; a concurrent request with the same key may have written it first."""
         router = self.state.facts(req.node, nrs.spec).router_ip if slot.eni is None else None
-        endpoint = domain.new_endpoint(req, nrs.spec.mode, slot, self.ops.clock(), self.settings.allocation_ttl_s,
+        endpoint = domain.new_endpoint(req, mode, slot, self.ops.clock(), self.settings.allocation_ttl_s,
                                        router_ip=router)
         try:
             await self.state.stores.endpoints.create(key, endpoint)

@@ -10,8 +10,9 @@ from ipaddress import IPv4Address
 
 from chassis.kv import KEEP, _Keep
 from schemas.base import utcnow
-from schemas.records import CceEndpoint, NetResourceSet, NodePool, NodeSpec
+from schemas.records import CceEndpoint, NetResourceSet, NodePool, NodeSpec, PoolSettings
 from services.ipam import domain
+from services.ipam.exclusive import claim_eni
 from services.ipam.settings import IpamSettings
 from services.ipam.state import IpamState, node_key
 
@@ -28,13 +29,15 @@ class PoolOps:
         async with self.state.lock(node):
             await self.state.stores.pools.mutate(node_key(node), change)
 
-    async def claim(self, nrs: NetResourceSet, key: str, wait: bool, resume: bool = False) -> domain.Claim:
-        """One attempt to give `key` an IP on the node (or find the one it holds)."""
+    async def claim(self, nrs: NetResourceSet, key: str, wait: bool, resume: bool = False,
+                    exclusive: bool = False) -> domain.Claim:
+        """One attempt to give `key` an IP (or, `exclusive`, a whole ENI) on the node, or find the one it holds."""
         node, outcome = nrs.name, list[domain.Claim]()
+        claim_fn = claim_eni if exclusive else domain.claim_ip
 
         def change(pool: NodePool | None) -> NodePool | _Keep:
-            claim = domain.claim_ip(pool or NodePool(node=node), self.state.facts(node, nrs.spec), key,
-                                    self.clock(), wait, resume)
+            claim = claim_fn(pool or NodePool(node=node), self.state.facts(node, nrs.spec), key, self.clock(), wait,
+                             resume)
             outcome[:] = [claim]
             return claim.pool if claim.changed or pool is None else KEEP
 
@@ -43,21 +46,22 @@ class PoolOps:
 
     async def stop_waiting(self, nrs: NetResourceSet, key: str) -> None:
         def change(pool: NodePool | None) -> NodePool | _Keep:
-            if pool is None or key not in pool.waiting:
+            if pool is None or (key not in pool.waiting and key not in pool.exclusive_waiting):
                 return KEEP
             return domain.drop_waiting(pool, self.state.facts(nrs.name, nrs.spec), key, self.clock())
 
         await self._mutate(nrs.name, change)
 
     async def release(self, node: str, spec: NodeSpec | None, key: str, cooldown_s: float) -> list[IPv4Address]:
-        """Free what `key` holds on the node; its IPs cool down. Idempotent."""
+        """Free what `key` holds on the node; its IPs (and exclusive ENIs) cool down. Idempotent."""
         freed: list[IPv4Address] = []
+        eni_cooldown_s = (spec.pool if spec is not None else PoolSettings()).eni_cooldown_s
 
         def change(pool: NodePool | None) -> NodePool | _Keep:
             if pool is None:
                 return KEEP
             now = self.clock()
-            new, ips = domain.release_ip(pool, key, cooldown_s, now)
+            new, ips = domain.release_ip(pool, key, cooldown_s, now, eni_cooldown_s)
             freed[:] = ips
             if new is pool:
                 return KEEP
