@@ -72,15 +72,20 @@ async def _read_bucket(bus: Bus, bucket: Bucket) -> list[dict[str, Any]]:
 
 
 def _pools(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per node: its mode, pool counts (from ipam's NodePool), quotas (from eni_manager) and ENIs with their IPs."""
+    """Per node: its mode, pool counts (from ipam's NodePool), quotas (from eni_manager) and ENIs with their IPs
+    (exclusive ENIs: their use, primary IP and the endpoint holding them)."""
     pools = {p["node"]: p for p in data["node_pools"]}
     provision = {p["node"]: p for p in data["provision"]}
     out = []
     for node in data["nodes"]:
         name = node["name"]
         demand = pools.get(name, {}).get("demand", {})
+        held = pools.get(name, {}).get("exclusive", {})
         prov = provision.get(name, {})
         enis = [{"eni_id": e["eni_id"], "state": e["state"], "subnet_id": e["subnet_id"],
+                 "use": e.get("use", "secondary-ips"),
+                 "primary_ip": next((p["ip"] for p in e["private_ips"] if p["primary"]), None),
+                 "held_by": held.get(e["eni_id"]),
                  "ips": [p["ip"] for p in e["private_ips"] if not p["primary"]]}
                 for e in data["enis"] if e["node"] == name]
         out.append({
@@ -93,6 +98,9 @@ def _pools(data: dict[str, Any]) -> list[dict[str, Any]]:
             "releasing": demand.get("releasing", 0),
             "target": demand.get("target_ips", 0),
             "attachable_ips": node["status"]["capacity"]["attachable_ips"],
+            "free_enis": node["status"]["capacity"].get("free_enis", 0),
+            "exclusive_used": demand.get("enis_used", 0),
+            "exclusive_target": demand.get("target_enis", 0),
             "max_enis": prov.get("max_enis", 0),
             "ips_per_eni": prov.get("ips_per_eni", 0),
             "provisioning": "creating ENI" if prov.get("creating_eni") else (prov.get("last_error") or "idle"),
@@ -123,16 +131,30 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) ->
 def _node_rows(data: dict[str, Any]) -> list[list[Any]]:
     enis = {p["node"]: len(p["enis"]) for p in data.get("pools", [])}
     return [
-        [n["name"], n["spec"]["mode"], n["spec"]["instance_id"], n["spec"]["zone"],
+        [n["name"], _mode_of(n), n["spec"]["instance_id"], n["spec"]["zone"],
          "yes" if n["status"]["ready"] else "no", enis.get(n["name"], len(n["status"]["enis"])),
-         f"{n['status']['capacity']['free_ips']}/{n['status']['capacity']['used_ips']}"]
+         f"{n['status']['capacity']['free_ips']}/{n['status']['capacity']['used_ips']}",
+         n["status"]["capacity"].get("free_enis", 0)]
         for n in data.get("nodes", [])
     ]
 
 
+def _mode_of(node: dict[str, Any]) -> str:
+    """The node's mode, with `+exclusive` when its pods may opt in to a whole ENI."""
+    mode = str(node["spec"]["mode"])
+    return f"{mode}+exclusive" if node["spec"].get("allow_exclusive") and mode == "vpc-eni" else mode
+
+
+def _eni_rows(data: dict[str, Any]) -> list[list[Any]]:
+    held = {eni_id: key for p in data.get("node_pools", []) for eni_id, key in p.get("exclusive", {}).items()}
+    return [[e["eni_id"], e["node"], e.get("use", "secondary-ips"), e["state"], e["subnet_id"], e["mac"],
+             len(e["private_ips"]), held.get(e["eni_id"])]
+            for e in data.get("enis", [])]
+
+
 def _endpoint_rows(data: dict[str, Any]) -> list[list[Any]]:
     return [
-        [f"{e['namespace']}/{e['pod']}", e["node"], e["container_id"][:12], e["ifname"], e["state"],
+        [f"{e['namespace']}/{e['pod']}", e["node"], e["container_id"][:12], e["ifname"], e.get("mode"), e["state"],
          ", ".join(a["ip"] for a in e["addresses"])]
         for e in data.get("endpoints", [])
     ]
@@ -143,16 +165,14 @@ def _status_tables(data: dict[str, Any]) -> list[Table]:
         return [[item.get(f) for f in fields] for item in data.get(section, [])]
 
     return [
-        _table("Nodes", ["name", "mode", "instance", "zone", "ready", "ENIs", "free/used IPs"],
+        _table("Nodes", ["name", "mode", "instance", "zone", "ready", "ENIs", "free/used IPs", "free ENIs"],
                _node_rows(data)),
         _table("Pools", ["node", "mode", "used", "free", "pending", "cooling", "releasing", "target",
                          "attachable", "max ENIs", "IPs/ENI", "provisioning"],
                rows("pools", "node", "mode", "used", "free", "pending", "cooling", "releasing", "target",
                     "attachable_ips", "max_enis", "ips_per_eni", "provisioning")),
-        _table("ENIs", ["id", "node", "state", "subnet", "mac", "IPs"],
-               [[e["eni_id"], e["node"], e["state"], e["subnet_id"], e["mac"], len(e["private_ips"])]
-                for e in data.get("enis", [])]),
-        _table("Endpoints", ["pod", "node", "container", "ifname", "state", "IPs"], _endpoint_rows(data)),
+        _table("ENIs", ["id", "node", "use", "state", "subnet", "mac", "IPs", "held by"], _eni_rows(data)),
+        _table("Endpoints", ["pod", "node", "container", "ifname", "mode", "state", "IPs"], _endpoint_rows(data)),
         _table("Subnets", ["id", "zone", "cidr", "available IPs", "excluded"],
                rows("subnets", "subnet_id", "zone", "cidr", "available_ips", "excluded")),
         _table("Routes", ["destination", "node", "next hop", "state"],

@@ -59,6 +59,7 @@ class LocalStack:
     node_info: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> its dirs, socket, namespace
     node_services_off: str = ""  # why simulated nodes run without their node services (empty: they run)
     pool: dict[str, Any] | None = None  # PoolSettings fields the simulated nodes register with
+    max_enis: int | None = field(default_factory=lambda: env_max_enis())  # ENI quota of the simulated nodes
 
     @property
     def url(self) -> str:
@@ -129,8 +130,8 @@ class LocalStack:
         self.write_state(ready=False)
         self._wait_healthy(timeout)
         if self.sim_url:
-            instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode)
-            register_nodes(self.url, instances, self.mode, timeout, self.pool)
+            instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode, self.max_enis)
+            register_nodes(self.url, instances, self.mode, timeout, self.pool, self.max_enis)
             self._start_node_services(instances, timeout)
         self.write_state(ready=True)
 
@@ -231,6 +232,7 @@ class LocalStack:
             "nodes": self.nodes,
             "mode": self.mode,
             "pool": self.pool,
+            "max_enis": self.max_enis,
             "sim_url": self.sim_url,
             "fabric_prefix": self.fabric_prefix,
             "node_services_off": self.node_services_off,
@@ -251,29 +253,48 @@ class StackError(RuntimeError):
     pass
 
 
-# Simulated nodes: 8 CPUs / 32 GiB BCC instances (8 ENIs of 16 IPs); BBC for the primary-NIC mode.
+# Simulated nodes: 8 CPUs / 32 GiB BCC instances (8 ENIs of 16 IPs); BBC (40 primary-NIC IPs) for the primary-NIC
+# mode; BCC for the exclusive-ENI mode (a pod per ENI: 8, or CCE_NET_NODE_MAX_ENIS).
 NODE_CPUS = 8
 NODE_MEMORY_MIB = 32768
+MAX_ENIS_ENV = "CCE_NET_NODE_MAX_ENIS"  # e.g. 3: simulated instances with an ENI quota of 3, registered so
 
 
-def ensure_sim_nodes(sim_url: str, nodes: int, mode: str) -> list[dict[str, Any]]:
-    """Create the simulated instances `node-1` .. `node-N` that do not exist yet; returns them (BCE JSON)."""
+def env_max_enis() -> int | None:
+    """The ENI quota simulated nodes get from the environment (CCE_NET_NODE_MAX_ENIS), if set."""
+    raw = os.environ.get(MAX_ENIS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 <= int(raw) <= 64:
+        raise StackError(f"{MAX_ENIS_ENV} must be a number of ENIs in 0..64, got {raw!r}")
+    return int(raw)
+
+
+def instance_kind(mode: str) -> str:
+    """BBC for vpc-eni-primary (its primary NIC carries the pods); BCC (with ENIs) for the other modes."""
+    return "BBC" if mode == "vpc-eni-primary" else "BCC"
+
+
+def ensure_sim_nodes(sim_url: str, nodes: int, mode: str, max_enis: int | None = None) -> list[dict[str, Any]]:
+    """Create the simulated instances `node-1` .. `node-N` that do not exist yet; returns them (BCE JSON).
+    `max_enis`: the instances' ENI quota in the simulator (else its default, min(CPUs, 8); 0 on BBC)."""
     from services.vpc_sim.admin import SimAdminSync
 
     admin = SimAdminSync(sim_url)
     by_name = {inst.get("name"): inst for inst in admin.info().get("instances", [])}
-    kind = "BBC" if mode == "vpc-eni-primary" else "BCC"
+    kind = instance_kind(mode)
+    quota = max_enis if kind != "BBC" else None
     wanted = []
     for name in (f"node-{i}" for i in range(1, nodes + 1)):
         if name not in by_name:
             by_name[name] = admin.create_instance(name=name, instance_type=kind, cpus=NODE_CPUS,
-                                                  memory_mib=NODE_MEMORY_MIB)
+                                                  memory_mib=NODE_MEMORY_MIB, eni_quota=quota)
         wanted.append(by_name[name])
     return wanted
 
 
 def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, timeout: float,
-                   pool: dict[str, Any] | None = None) -> None:
+                   pool: dict[str, Any] | None = None, max_enis: int | None = None) -> None:
     """Register each simulated instance as a node with ipam, as a node's agent does when it starts."""
     import asyncio
 
@@ -297,7 +318,7 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
                     node=inst["name"], instance_id=inst["id"], instance_type=inst["instanceType"],
                     zone=inst["zoneName"], cpus=inst["cpuCount"], memory_mib=int(inst["memoryCapacityInGB"]) * 1024,
                     mode=mode, primary_ip=inst["internalIp"], primary_mac=inst["nicInfo"]["macAddress"],
-                    pool=settings,
+                    pool=settings, max_enis=max_enis if inst["instanceType"] != "BBC" else None,
                 )
                 while True:
                     try:

@@ -126,8 +126,10 @@ async def test_status_shows_the_records_written_to_the_buckets(bus: Bus) -> None
     assert data["routes"][0]["destination"] == "172.16.3.0/24"
     assert data["pools"] == [{
         "node": "node-1", "mode": "vpc-eni", "used": 1, "free": 0, "pending": 2, "cooling": 0, "releasing": 0,
-        "target": 12, "attachable_ips": 0, "max_enis": 4, "ips_per_eni": 8, "provisioning": "creating ENI",
-        "enis": [{"eni_id": "eni-abc", "state": "inuse", "subnet_id": "sbn-1", "ips": ["10.0.0.6"]}],
+        "target": 12, "attachable_ips": 0, "free_enis": 0, "exclusive_used": 0, "exclusive_target": 0,
+        "max_enis": 4, "ips_per_eni": 8, "provisioning": "creating ENI",
+        "enis": [{"eni_id": "eni-abc", "state": "inuse", "subnet_id": "sbn-1", "use": "secondary-ips",
+                  "primary_ip": "10.0.0.5", "held_by": None, "ips": ["10.0.0.6"]}],
     }]
     json.dumps(data)
 
