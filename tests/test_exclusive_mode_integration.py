@@ -145,3 +145,18 @@ async def test_pods_opt_in_to_an_exclusive_eni_on_vpc_eni_nodes_that_allow_it(cl
     with pytest.raises(CceError) as info:
         await cluster.allocate("plain", "pod-whole", exclusive=True)
     assert info.value.reason is ErrorReason.INVALID_REQUEST
+
+
+async def test_a_mixed_cluster_serves_each_node_in_its_registered_mode(cluster: Cluster, sim_admin: SimAdmin) -> None:
+    eni_node = await sim_admin.create_instance(name="n-eni", cpus=8, memory_mib=16384)
+    bbc = await sim_admin.create_instance(name="n-bbc", instance_type="BBC", cpus=8, memory_mib=32768)
+    await cluster.register("n-eni", eni_node)
+    await cluster.register("n-bbc", bbc, mode=NetworkMode.VPC_ENI_PRIMARY)
+    await quota3_node(cluster, sim_admin, "n-excl")
+    replies = {node: await cluster.allocate(node, f"pod-{node}") for node in ("n-eni", "n-bbc", "n-excl")}
+    assert {node: r.endpoint.mode for node, r in replies.items()} == {
+        "n-eni": NetworkMode.VPC_ENI, "n-bbc": NetworkMode.VPC_ENI_PRIMARY, "n-excl": NetworkMode.VPC_ENI_EXCLUSIVE}
+    uses = {node: {r.use for r in await cluster.eni_records(node)} for node in replies}
+    assert uses == {"n-eni": {EniUse.SECONDARY_IPS}, "n-bbc": {EniUse.PRIMARY_NIC}, "n-excl": {EniUse.EXCLUSIVE}}
+    tables = {node: replies[node].endpoint.addresses[0].route_table for node in replies}
+    assert tables["n-eni"] is not None and tables["n-bbc"] is None and tables["n-excl"] is None
