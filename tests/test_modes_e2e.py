@@ -224,3 +224,71 @@ class TestVpcEniPrimary:
         assert "ENICapacityExceed" in str(error.get("msg", "")) + str(error.get("details", "")), error
         assert "default/the-40th" not in stack.pods()
         assert all_ping([p for p in stack.pods().values() if p["name"] in ("fill-0", "p2")]) == []
+
+
+# -------------------------------------------------------------------------------------------- vpc-eni-exclusive
+
+
+@pytest.fixture(scope="class")
+def exclusive_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(tmp_path_factory, "vpc-eni-exclusive", "mx", CCE_NET_NODE_MAX_ENIS="3")
+
+
+def eni_by_mac(stack: Stack, mac: str) -> dict[str, Any]:
+    return next(e for e in stack.status()["enis"] if e["mac"].lower() == mac.lower())
+
+
+def node_link(stack: Stack, node: str, mac: str) -> dict[str, Any] | None:
+    return next((x for x in ip_json(stack.node_ns(node), "addr", "show") if x.get("address") == mac.lower()), None)
+
+
+class TestVpcEniExclusive:
+    def test_the_pod_eth0_is_the_eni_and_pings_across_nodes(self, exclusive_stack: Stack) -> None:
+        stack = exclusive_stack
+        ok(stack.cli("pod", "add", "default/x1", "--node", "node-1"))
+        stack.add("default/x2", "node-2")
+        pods = stack.pods()
+        for ref in ("default/x1", "default/x2"):
+            pod = pods[ref]
+            eth0 = ip_json(Path(pod["netns"]).name, "addr", "show", "dev", "eth0")[0]
+            eni = eni_by_mac(stack, eth0["address"])
+            primary = next(p["ip"] for p in eni["private_ips"] if p["primary"])
+            assert (eni["node"], eni["use"]) == (pod["node"], "exclusive")
+            addrs = [(a["local"], a["prefixlen"]) for a in eth0["addr_info"] if a["family"] == "inet"]
+            assert addrs == [(primary, ipaddress.IPv4Network(eni["subnet_cidr"]).prefixlen)]
+            assert str(pod["ips"][0]) == f"{primary}/{ipaddress.IPv4Network(eni['subnet_cidr']).prefixlen}"
+            assert node_link(stack, pod["node"], eth0["address"]) is None  # it left the node
+        assert all_ping(list(pods.values())) == []
+        ok(stack.cli("pod", "check", "default/x1"))
+
+    def test_three_enis_per_node_the_fourth_add_fails_then_gets_the_freed_eni(self, exclusive_stack: Stack) -> None:
+        from cce_net.pods import PodError
+
+        stack = exclusive_stack
+        have = [p for p in stack.pods().values() if p["node"] == "node-1"]
+        for i in range(3 - len(have)):
+            stack.add(f"default/cap-{i}", "node-1")
+        on_node = {ref: p for ref, p in stack.pods().items() if p["node"] == "node-1"}
+        assert len(on_node) == 3
+        started = time.monotonic()
+        with pytest.raises(PodError) as info:
+            stack.add("default/fourth", "node-1")
+        error = info.value.cni_error or {}
+        assert "ENICapacityExceed" in str(error.get("msg", "")) + str(error.get("details", "")), error
+        assert time.monotonic() - started < 8  # refused, not a wait for an ENI that cannot come
+
+        ref, victim = sorted(on_node.items())[0]
+        mac = ip_json(Path(victim["netns"]).name, "link", "show", "dev", "eth0")[0]["address"]
+        eni = eni_by_mac(stack, mac)
+        ok(stack.cli("pod", "del", ref))
+        link = node_link(stack, "node-1", mac)  # back on the node under its original name, down, no address
+        assert link is not None
+        record = next(r for r in stack.status()["eni_on_node"] if r["eni_id"] == eni["eni_id"])
+        assert link["ifname"] == record["original_name"] and record["state"] == "ready"
+        assert "UP" not in link["flags"] and not [a for a in link["addr_info"] if a["family"] == "inet"]
+
+        fourth = stack.add("default/fourth", "node-1")  # waits out the ENI cooldown, then gets the freed ENI
+        eth0 = ip_json(Path(fourth["netns"]).name, "link", "show", "dev", "eth0")[0]
+        assert eth0["address"] == mac
+        others = [p for r, p in stack.pods().items() if p["node"] == "node-2"]
+        assert all_ping([fourth, *others]) == []
