@@ -35,6 +35,7 @@ from schemas.subjects import endpoint_key
 from services.node_datapath.domain import (
     MAIN_TABLE,
     SCOPE_LINK,
+    NetState,
     PlanError,
     PodWant,
     Stale,
@@ -58,6 +59,7 @@ from services.node_datapath.netlink import Kernel
 log = get_logger("node_datapath")
 
 ENI_POLL_S = 0.1
+TORN_DOWN_MEMORY_S = 300.0  # how long a teardown is remembered, so its endpoint's deletion triggers no resync
 
 
 class Records(Protocol):
@@ -115,6 +117,8 @@ class NodeDatapath:
         self._eni_lock = asyncio.Lock()
         self._resync_lock = asyncio.Lock()
         self._veth_locks: dict[str, asyncio.Lock] = {}
+        self._torn_down: dict[str, float] = {}  # endpoint key -> when this datapath tore it down
+        self.eni_changes = 0  # kernel changes made configuring ENIs (resync re-reads the node after any)
 
     # -- requests -----------------------------------------------------------------------------------------------
 
@@ -196,6 +200,7 @@ class NodeDatapath:
                 self.recent.pop(veth.name, None)
         except NetnsError as exc:
             raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
+        self._torn_down[key] = self.clock()
         log.info("pod torn down", container_id=req.container_id, ifname=req.ifname, ip=ip, removed=removed)
         return TeardownReply(removed=removed)
 
@@ -255,16 +260,19 @@ class NodeDatapath:
                                node=self.node, eni_id=eni_id)
             await asyncio.sleep(ENI_POLL_S)
 
-    async def configure_eni(self, eni: Eni) -> str | None:
-        """Configure one ENI's link; None when it is ready, else why not (also in its EniOnNode record)."""
+    async def configure_eni(self, eni: Eni, seen: NetState | None = None) -> str | None:
+        """Configure one ENI's link; None when it is ready, else why not (also in its EniOnNode record).
+        `seen`: a snapshot of the node taken by the caller (resync configures every ENI from one snapshot: an ENI's
+        plan depends only on its own link, address and table)."""
         async with self._eni_lock:
             state, link_name, original, message = EniLinkState.READY, "", "", ""
             try:
                 want = eni_want(eni)
                 link_name = want.link
-                plan = plan_eni(want, await self.kernel.snapshot())
+                plan = plan_eni(want, seen or await self.kernel.snapshot())
                 original = plan.link.name if plan.rename else ""
                 changes = await self.kernel.apply_eni(plan)
+                self.eni_changes += len(changes)
                 if changes:
                     log.info("ENI configured", eni_id=eni.eni_id, link=want.link, changes=changes)
             except PlanError as exc:
@@ -333,6 +341,12 @@ class NodeDatapath:
 
     # -- resync -------------------------------------------------------------------------------------------------
 
+    def tore_down(self, key: str) -> bool:
+        """Whether this datapath tore the endpoint's pod down lately (so its record going away is expected)."""
+        now = self.clock()
+        self._torn_down = {k: t for k, t in self._torn_down.items() if now - t < TORN_DOWN_MEMORY_S}
+        return key in self._torn_down
+
     def kick(self) -> None:
         """A record changed: resync soon (bursts coalesce into one pass)."""
         self._kick.set()
@@ -357,8 +371,10 @@ class NodeDatapath:
             changes: list[str] = []
             enis = enis_on_node(self.records.enis().values(), self.node)
             ready: set[str] = set()
+            before = self.eni_changes
+            seen = await self.kernel.snapshot()
             for eni in enis:
-                if await self.configure_eni(eni) is None:
+                if await self.configure_eni(eni, seen) is None:
                     ready.add(eni.eni_id)
             self.ready_enis = ready
             changes += await self.configure_node()
@@ -367,7 +383,8 @@ class NodeDatapath:
             for eni_id in [i for i in self.reported if i not in mine]:
                 await self.reporter.eni_gone(eni_id)
                 del self.reported[eni_id]
-            state = await self.kernel.snapshot()
+            node_changed = bool(changes)
+            state = seen if self.eni_changes == before and not node_changed else await self.kernel.snapshot()
             tidied, orphans = await self.exclusive.sync(state)
             changes += tidied
             live: dict[str, PodWant] = {}

@@ -14,6 +14,7 @@ from chassis.events import EventPublisher
 from chassis.kv import KvCache, Store, Versioned
 from chassis.logs import get_logger
 from chassis.service import ServiceProcess, run
+from schemas.base import subject_token
 from schemas.errors import ErrorReason
 from schemas.events import EventKind
 from schemas.records import CceEndpoint, Eni, EniOnNode, NetResourceSet
@@ -92,11 +93,25 @@ async def build(proc: ServiceProcess, settings: DatapathSettings | None = None) 
     datapath.adopt_reported([v.value for v in (await store.list()).values()])
 
     def on_endpoint(key: str, item: Versioned[Any] | None) -> None:
-        if item is None or getattr(item.value, "node", None) == node:
+        """Only an endpoint that vanished without a teardown matters between periods (its pod is stale): new and
+        confirmed endpoints follow a setup and released ones a teardown, and a resync per pod ADD or DEL would
+        compete with the ADDs and DELs themselves."""
+        if item is None and key.startswith(f"{subject_token(node)}.") and not datapath.tore_down(key):
             datapath.kick()
 
+    eni_facts: dict[str, tuple[Any, ...]] = {}
+
     def on_eni(key: str, item: Versioned[Any] | None) -> None:
-        if item is None or getattr(item.value, "node", None) == node:
+        """What the node's links depend on: the ENI's node, state, use, MAC, index, subnet and primary IP; its
+        secondary IPs come and go with every pool refill and change nothing on the node."""
+        value = getattr(item, "value", None)
+        facts = None if not isinstance(value, Eni) or value.node != node else (
+            value.state, value.use, value.mac, value.index, value.subnet_cidr, value.primary_ip)
+        if eni_facts.get(key) != facts:
+            if facts is None:
+                eni_facts.pop(key, None)
+            else:
+                eni_facts[key] = facts
             datapath.kick()
 
     seen: dict[str, tuple[Any, ...]] = {}
