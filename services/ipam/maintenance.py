@@ -75,6 +75,8 @@ class Maintenance:
         next_full = loop.time()
         while True:
             await wait_event(self._wake, next_full - loop.time())
+            if self._wake.is_set() and self.settings.maintenance_coalesce_s > 0:
+                await asyncio.sleep(self.settings.maintenance_coalesce_s)  # a burst of changes: one pass
             self._wake.clear()
             nodes, self._dirty = self._dirty, set()
             if loop.time() >= next_full:

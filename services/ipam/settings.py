@@ -10,6 +10,8 @@ from chassis.config import ChassisSettings
 class IpamSettings(ChassisSettings):
     allocation_ttl_s: float = Field(120.0, gt=0, description="an unconfirmed allocation is released after this")
     maintenance_period_s: float = Field(1.0, gt=0, description="every node's pool is reconciled this often")
+    maintenance_coalesce_s: float = Field(
+        0.1, ge=0, description="changes to a node's pool within this window are reconciled in one pass")
     default_wait_s: float = Field(10.0, ge=0, description="wait for a refill when the request does not say")
     max_wait_s: float = Field(60.0, ge=0, description="cap on how long an allocation waits for a refill")
     waiting_ttl_s: float = Field(
