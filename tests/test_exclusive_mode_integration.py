@@ -66,8 +66,11 @@ async def test_an_exclusive_node_keeps_one_spare_eni_ready(cluster: Cluster, sim
     assert [r.use for r in records] == [EniUse.EXCLUSIVE]
     first = await cluster.allocate("x-1", "pod-a")
     assert first.endpoint.addresses[0].eni_id == enis[0].eni_id
-    await until(lambda: _free_is(cluster, "x-1", 1), 20, "a new spare once the first is taken")
-    assert len(await cluster.cloud_enis(str(inst["id"]))) == 2
+    # the node status may still say 1 free from before the allocation: wait for the second ENI in the cloud too
+    async def new_spare() -> bool:
+        return len(await cluster.cloud_enis(str(inst["id"]))) == 2 and await _free_is(cluster, "x-1", 1)
+
+    await until(new_spare, 20, "a new spare once the first is taken")
     pool = await cluster.pool("x-1")
     assert pool is not None and pool.demand.target_enis == 2 and pool.demand.enis_used == 1
 
