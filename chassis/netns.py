@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 NETNS_RUN_DIR = "/run/netns"
@@ -30,8 +31,34 @@ CLONE_NEWNET = 0x40000000
 GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})  # "already gone" on delete
 EXISTS = frozenset({errno.EEXIST})  # "already there" on add
 
+IFF_UP = 0x1
+
 _T = TypeVar("_T")
 _libc: ctypes.CDLL | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network link as a link dump reports it."""
+
+    index: int
+    name: str
+    mac: str
+    up: bool
+    alias: str = ""
+    kind: str = ""
+
+
+def link_of(msg: Any) -> Link:
+    """A link from one RTM_NEWLINK message of pyroute2."""
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get("ifname") or ""),
+        mac=str(msg.get("address") or "").lower(),
+        up=bool(msg["flags"] & IFF_UP),
+        alias=str(msg.get("ifalias") or ""),
+        kind=str(msg.get(("linkinfo", "kind")) or ""),
+    )
 
 
 class NetnsError(Exception):

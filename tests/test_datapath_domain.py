@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from chassis.netns import Link
 from schemas.base import InstanceType, NetworkMode
 from schemas.records import (
     CceEndpoint,
@@ -26,7 +27,6 @@ from services.node_datapath.domain import (
     MAIN_TABLE,
     SCOPE_LINK,
     Addr,
-    Link,
     LinkMissing,
     Neigh,
     NetState,

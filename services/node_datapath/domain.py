@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from chassis.netns import Link
 from schemas.base import NetworkMode
 from schemas.records import CceEndpoint, EndpointState, Eni, EniLinkState, EniOnNode, EniState, EniUse, NetResourceSet
 from schemas.subjects import endpoint_key
@@ -91,16 +92,6 @@ def host_cidr(ip: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Observed kernel state (plain values the adapter fills in)
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    mac: str
-    up: bool
-    alias: str = ""
-    kind: str = ""
 
 
 @dataclass(frozen=True)

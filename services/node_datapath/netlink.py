@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from chassis import netns
-from chassis.netns import EXISTS, GONE, NetnsError
+from chassis.netns import EXISTS, GONE, Link, NetnsError
 from services.node_datapath.domain import (
     DEFAULT_DST,
     MAIN_TABLE,
@@ -27,7 +27,6 @@ from services.node_datapath.domain import (
     ExclusivePlan,
     HostPlan,
     IdlePlan,
-    Link,
     Neigh,
     NetState,
     NodePlan,
@@ -39,22 +38,10 @@ from services.node_datapath.domain import (
     normalize_cidr,
 )
 
-IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 RTN_UNICAST = 1
 LOOPBACK_INDEX = 1  # lo is index 1 in every network namespace
 _NUD_SKIP = 0x20 | 0x40  # NUD_NOARP, NUD_NONE... entries the kernel keeps for itself
-
-
-def _link(msg: Any) -> Link:
-    return Link(
-        index=int(msg["index"]),
-        name=str(msg.get("ifname") or ""),
-        mac=str(msg.get("address") or "").lower(),
-        up=bool(msg["flags"] & IFF_UP),
-        alias=str(msg.get("ifalias") or ""),
-        kind=str(msg.get(("linkinfo", "kind")) or ""),
-    )
 
 
 def _route(msg: Any) -> Route:
@@ -81,7 +68,7 @@ def _rule(msg: Any) -> Rule:
 
 async def _read_links(ipr: Any, what: str) -> NetState:
     """A namespace's links and IPv4 addresses only."""
-    links = [_link(m) for m in await netns.dump(f"list links in {what}", lambda: ipr.link("dump"))]
+    links = [netns.link_of(m) for m in await netns.dump(f"list links in {what}", lambda: ipr.link("dump"))]
     addrs = [Addr(int(m["index"]), str(m.get("address")), int(m["prefixlen"]), str(m.get("label") or ""))
              for m in await netns.dump(f"list addresses in {what}", lambda: ipr.addr("dump", family=socket.AF_INET))]
     return NetState(tuple(links), tuple(addrs))
@@ -424,7 +411,7 @@ class Kernel:
 
     async def _link(self, ipr: Any, name: str, where: str = "") -> Link | None:
         msgs = await netns.nl(f"look up {name} in {where or self.where}", ipr.link("get", ifname=name), ok=GONE)
-        return _link(msgs[0]) if msgs else None
+        return netns.link_of(msgs[0]) if msgs else None
 
 
 async def _mark(aw: Awaitable[Any]) -> bool:

@@ -39,7 +39,7 @@ from chassis import netns
 from chassis.logs import get_logger
 from chassis.netns import EXISTS as _EXISTS
 from chassis.netns import GONE as _GONE
-from chassis.netns import NetnsError
+from chassis.netns import Link, NetnsError
 
 log = get_logger("vpc_sim.fabric")
 
@@ -47,7 +47,6 @@ MAIN_TABLE = 254
 ROUTE_PROTO = 4  # RTPROT_STATIC: the router routes this module owns ("proto static" in `ip route`)
 SCOPE_LINK = 253
 RTNH_F_ONLINK = 4
-IFF_UP = 0x1
 PRIMARY_IFNAME = "eth0"
 ROUTER_NS_SUFFIX = "vpc"
 
@@ -271,16 +270,6 @@ def router_sysctls(links: Iterable[str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class LinkState:
-    index: int
-    name: str
-    mac: str
-    up: bool
-    alias: str
-    kind: str
-
-
-@dataclass(frozen=True)
 class RouteState:
     dst: str  # normalized CIDR
     oif: int | None
@@ -292,17 +281,17 @@ class RouteState:
 
 @dataclass(frozen=True)
 class LinkPlan:
-    delete: tuple[LinkState, ...]
+    delete: tuple[Link, ...]
     create: tuple[DesiredLink, ...]
 
 
 def plan_links(
-    desired: Mapping[str, DesiredLink], observed: Iterable[LinkState], primaries_present: set[str]
+    desired: Mapping[str, DesiredLink], observed: Iterable[Link], primaries_present: set[str]
 ) -> LinkPlan:
     """Router links to delete (unknown, or stale: another instance/NIC/MAC, or a primary whose peer is gone from the
     instance namespace) and to create. An ENI whose peer left the instance namespace is not rebuilt: the datapath
     may have moved it into a pod namespace."""
-    delete: list[LinkState] = []
+    delete: list[Link] = []
     create: list[DesiredLink] = []
     seen: set[str] = set()
     for link in observed:
@@ -364,17 +353,6 @@ async def _dump(what: str, call: Callable[[], Awaitable[Any]]) -> list[Any]:
         return await netns.dump(what, call)
 
 
-def _link_state(msg: Any) -> LinkState:
-    return LinkState(
-        index=int(msg["index"]),
-        name=str(msg.get("ifname") or ""),
-        mac=str(msg.get("address") or "").lower(),
-        up=bool(msg["flags"] & IFF_UP),
-        alias=str(msg.get("ifalias") or ""),
-        kind=str(msg.get(("linkinfo", "kind")) or ""),
-    )
-
-
 def _route_state(msg: Any) -> RouteState:
     dst = msg.get("dst") or "0.0.0.0"
     return RouteState(
@@ -387,8 +365,8 @@ def _route_state(msg: Any) -> RouteState:
     )
 
 
-async def _links(ipr: Any, ns: str) -> list[LinkState]:
-    return [_link_state(m) for m in await _dump(f"list links in {ns}", lambda: ipr.link("dump"))]
+async def _links(ipr: Any, ns: str) -> list[Link]:
+    return [netns.link_of(m) for m in await _dump(f"list links in {ns}", lambda: ipr.link("dump"))]
 
 
 async def _main_routes(ipr: Any, ns: str) -> list[RouteState]:
@@ -539,7 +517,7 @@ class Fabric:
             changes.append(f"remove namespace {name}")
 
     async def _converge_router(
-        self, ipr: Any, desired: DesiredFabric, instance_links: Mapping[str, list[LinkState]], changes: list[str]
+        self, ipr: Any, desired: DesiredFabric, instance_links: Mapping[str, list[Link]], changes: list[str]
     ) -> set[str]:
         """Links, addresses, sysctls and routes of the router namespace. Returns the instance namespaces that got a
         new link."""
@@ -558,7 +536,7 @@ class Fabric:
 
     async def _router_links(
         self, ipr: Any, desired: DesiredFabric, present: set[str], changes: list[str]
-    ) -> tuple[list[LinkState], set[str]]:
+    ) -> tuple[list[Link], set[str]]:
         ns = desired.router_ns
         links = await _links(ipr, ns)
         plan = plan_links(desired.links, links, present)
@@ -587,7 +565,7 @@ class Fabric:
         return links, touched
 
     async def _router_addresses(
-        self, ipr: Any, desired: DesiredFabric, by_name: Mapping[str, LinkState], changes: list[str]
+        self, ipr: Any, desired: DesiredFabric, by_name: Mapping[str, Link], changes: list[str]
     ) -> None:
         """Exactly the subnet gateway /32 on every router link."""
         addrs = await _addresses(ipr, desired.router_ns)
@@ -641,7 +619,7 @@ class Fabric:
             changes.append(what)
 
     async def _converge_instance(
-        self, ipr: Any, want: DesiredPrimary, links: list[LinkState] | None, changes: list[str]
+        self, ipr: Any, want: DesiredPrimary, links: list[Link] | None, changes: list[str]
     ) -> None:
         """lo up; the primary NIC (found by MAC) named eth0, up, addressed, default route via the gateway."""
         ns = want.ns
