@@ -10,105 +10,19 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cce_net.stack import read_state
+from tests.e2e_stack import Stack, ok, running_stack, until
 
 pytestmark = pytest.mark.e2e
 
 if os.geteuid() != 0:
     pytest.skip("needs root: simulated nodes are network namespaces", allow_module_level=True)
-
-NODE_ENV = {"CCE_DATAPATH_RESYNC_PERIOD_S": "3", "CCE_DATAPATH_GC_GRACE_S": "1"}
-
-
-@dataclass
-class Stack:
-    state_dir: Path
-    env: dict[str, str]
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        argv = list(args)
-        argv.insert(argv.index("--") if "--" in argv else len(argv), f"--state-dir={self.state_dir}")
-        return subprocess.run([sys.executable, "-m", "cce_net", *argv], capture_output=True, text=True,
-                              timeout=timeout, env=self.env, check=False)
-
-    def add(self, ref: str, node: str) -> dict[str, Any]:
-        """A pod through the installed CNI plugin, run in-process as `cce-net pod add` runs it (no CLI start-up)."""
-        from cce_net.pods import Pods
-
-        return Pods(self.state_dir).add(ref, node).view()
-
-    def delete(self, ref: str) -> None:
-        from cce_net.pods import Pods
-
-        Pods(self.state_dir).delete(ref)
-
-    def pods(self) -> dict[str, dict[str, Any]]:
-        from cce_net.pods import Pods
-
-        return {f"{p.namespace}/{p.name}": p.view() for p in Pods(self.state_dir).all()}
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(ok(self.cli("status", "--json")))
-        return data
-
-    def node_ns(self, node: str) -> str:
-        return str((read_state(self.state_dir) or {})["node_info"][node]["netns"])
-
-    @property
-    def fabric_prefix(self) -> str:
-        return str((read_state(self.state_dir) or {})["fabric_prefix"])
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def until(check: Callable[[], Any], timeout: float, what: str, period: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(period)
-
-
-def start_stack(factory: pytest.TempPathFactory, mode: str, tag: str, **env: str) -> Iterator[Stack]:
-    state_dir = factory.mktemp(tag)
-    full_env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    full_env.update(NODE_ENV, COLUMNS="200", CCE_SIM_FABRIC_PREFIX=f"{tag}{os.getpid() % 10**5}", **env)
-    stack = Stack(state_dir, full_env)
-    result = stack.cli("up", "--detach", "--nodes", "2", "--mode", mode, timeout=180)
-    if result.returncode != 0:
-        logs = state_dir / "logs"
-        tails = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                        for p in sorted(logs.glob("*.log"))) if logs.exists() else ""
-        stack.cli("down")
-        pytest.fail(f"stack did not start:\n{result.stdout}\n{result.stderr}{tails}")
-    state = read_state(state_dir) or {}
-    if state.get("node_services_off"):
-        stack.cli("down")
-        pytest.skip(f"simulated nodes have no node services here: {state['node_services_off']}")
-    try:
-        yield stack
-    finally:
-        stack.cli("down")
-
-
-def in_ns(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=False,
-                          timeout=30)
-
 
 def ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
     out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True, check=True).stdout
@@ -144,7 +58,8 @@ def leftovers(netns: str, ip: str) -> list[str]:
 
 @pytest.fixture(scope="class")
 def route_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory, "vpc-route", "mr")
+    with running_stack(tmp_path_factory, "vpc-route", "mr") as stack:
+        yield stack
 
 
 class TestVpcRoute:
@@ -184,7 +99,8 @@ class TestVpcRoute:
 
 @pytest.fixture(scope="class")
 def primary_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory, "vpc-eni-primary", "mp")
+    with running_stack(tmp_path_factory, "vpc-eni-primary", "mp") as stack:
+        yield stack
 
 
 class TestVpcEniPrimary:
@@ -231,7 +147,8 @@ class TestVpcEniPrimary:
 
 @pytest.fixture(scope="class")
 def exclusive_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory, "vpc-eni-exclusive", "mx", CCE_NET_NODE_MAX_ENIS="3")
+    with running_stack(tmp_path_factory, "vpc-eni-exclusive", "mx", CCE_NET_NODE_MAX_ENIS="3") as stack:
+        yield stack
 
 
 def eni_by_mac(stack: Stack, mac: str) -> dict[str, Any]:

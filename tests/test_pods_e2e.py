@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from cce_net.stack import read_state
+from tests.e2e_stack import Stack, in_ns, ok, running_stack, stack_env, until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,50 +26,18 @@ if os.geteuid() != 0:
     pytest.skip("needs root: simulated nodes are network namespaces", allow_module_level=True)
 
 COOLDOWN_S = 4.0
-NODE_ENV = {"CCE_DATAPATH_RESYNC_PERIOD_S": "3", "CCE_DATAPATH_GC_GRACE_S": "1"}
+STACK_TAG = "p"
 
 
 def cce_net(*args: str, state_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    env.update(NODE_ENV, COLUMNS="200", CCE_SIM_FABRIC_PREFIX=f"p{os.getpid() % 10**6}")
-    argv = list(args)
-    argv.insert(argv.index("--") if "--" in argv else len(argv), f"--state-dir={state_dir}")
-    return subprocess.run([sys.executable, "-m", "cce_net", *argv],
-                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def until(check: Callable[[], Any], timeout: float, what: str, period: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(period)
+    return Stack(state_dir, stack_env(STACK_TAG)).cli(*args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    state_dir = tmp_path_factory.mktemp("pods")
-    result = cce_net("up", "--detach", "--nodes", "2", "--pool", json.dumps({"cooldown_s": COOLDOWN_S}),
-                     state_dir=state_dir)
-    if result.returncode != 0:
-        logs = state_dir / "logs"
-        tails = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                        for p in sorted(logs.glob("*.log"))) if logs.exists() else ""
-        cce_net("down", state_dir=state_dir)
-        pytest.fail(f"stack did not start:\n{result.stdout}\n{result.stderr}{tails}")
-    state = read_state(state_dir) or {}
-    if state.get("node_services_off"):
-        cce_net("down", state_dir=state_dir)
-        pytest.skip(f"simulated nodes have no node services here: {state['node_services_off']}")
-    yield state_dir
-    cce_net("down", state_dir=state_dir)
+    with running_stack(tmp_path_factory, "vpc-eni", STACK_TAG,
+                       up_args=("--pool", json.dumps({"cooldown_s": COOLDOWN_S}))) as running:
+        yield running.state_dir
 
 
 def pods(state_dir: Path) -> dict[str, dict[str, Any]]:
@@ -85,11 +52,6 @@ def ip_of(pod: dict[str, Any]) -> str:
 def node_netns(state_dir: Path, node: str) -> str:
     state = read_state(state_dir) or {}
     return str(state["node_info"][node]["netns"])
-
-
-def in_ns(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=False,
-                          timeout=30)
 
 
 def ping(state_dir: Path, ref: str, ip: str) -> subprocess.CompletedProcess[str]:
