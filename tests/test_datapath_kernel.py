@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -42,12 +41,9 @@ from services.node_datapath.datapath import NodeDatapath, Timing
 from services.node_datapath.domain import host_veth_name
 from services.node_datapath.netlink import Kernel
 from services.vpc_sim.fabric import Fabric, FabricSpec, InstanceSpec, NicSpec
+from tests.privileged import NEEDS_PING_AND_IP
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("ping") is None, reason="needs ping (apt-get install iputils-ping)"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip) to inspect namespaces"),
-]
+pytestmark = NEEDS_PING_AND_IP
 
 NODE = "node-a"
 ENI_ID = "eni-a"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,13 +38,10 @@ from services.node_datapath.datapath import NodeDatapath, Timing
 from services.node_datapath.domain import host_veth_name
 from services.node_datapath.netlink import Kernel
 from services.vpc_sim.fabric import Fabric, FabricSpec, InstanceSpec, NicSpec, RouteRuleSpec, eni_peer_name
+from tests.privileged import NEEDS_PING_AND_IP
 from tests.test_datapath_kernel import Clock, MemoryRecords, MemoryReporter, ip_json, node_objects, ping, run
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("ping") is None, reason="needs ping (apt-get install iputils-ping)"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip) to inspect namespaces"),
-]
+pytestmark = NEEDS_PING_AND_IP
 
 NODES = {"node-a": "i-a", "node-b": "i-b"}
 PRIMARY = {"i-a": ("02:00:00:00:00:0a", "10.0.0.10"), "i-b": ("02:00:00:00:00:0b", "10.0.0.11")}

@@ -40,6 +40,7 @@ from services.node_datapath.domain import host_veth_name
 from services.node_datapath.main import build
 from services.node_datapath.settings import DatapathSettings
 from tests.cluster import until
+from tests.privileged import NEEDS_ROOT
 from tests.test_datapath_kernel import (
     ENI_ID,
     GATEWAY,
@@ -56,9 +57,7 @@ from tests.test_datapath_kernel import (
     spec,
 )
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = [NEEDS_ROOT]
 
 
 async def put_records(bus: Bus, *endpoints: CceEndpoint, eni: Eni | None = None) -> Store[CceEndpoint]:

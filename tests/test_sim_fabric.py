@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,12 +25,9 @@ from services.vpc_sim.fabric import (
     plan_routes,
     router_link_name,
 )
+from tests.privileged import NEEDS_PING_AND_IP
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("ping") is None, reason="needs ping (apt-get install iputils-ping)"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip) to inspect namespaces"),
-]
+pytestmark = NEEDS_PING_AND_IP
 
 _seq = itertools.count()
 
