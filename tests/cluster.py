@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,3 +157,20 @@ async def until(predicate, timeout: float, what: str, every: float = 0.05) -> No
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+@asynccontextmanager
+async def eni_control_plane(bus: Bus, sim: SimServer, nats_url: str, logs: Path, ipam: int = 1, eni_managers: int = 1,
+                            service_env: dict[str, dict[str, str]] | None = None) -> AsyncIterator[Cluster]:
+    """ipam-1..N and em-1..M as processes, up and with an eni_manager leader; all stopped on exit."""
+    c = Cluster(bus, sim, nats_url, logs, service_env=service_env or {})
+    sids: Sequence[tuple[str, str]] = [(f"ipam-{i}", "ipam") for i in range(1, ipam + 1)] + [
+        (f"em-{i}", "eni_manager") for i in range(1, eni_managers + 1)]
+    for sid, service in sids:
+        c.start(service, sid)
+    try:
+        await c.wait_started(*(sid for sid, _ in sids))
+        await until(lambda: c.leader("eni_manager"), 15, "an eni_manager leader")
+        yield c
+    finally:
+        await c.stop()

@@ -20,7 +20,7 @@ from schemas.subjects import ENDPOINTS, IPAM_RELEASE
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.faults import FaultConfig, RateLimitSpec
 from services.vpc_sim.server import SimServer
-from tests.cluster import Cluster, until
+from tests.cluster import Cluster, eni_control_plane, until
 
 pytestmark = pytest.mark.integration
 NODE_SHAPE = {"cpus": 8, "memory_mib": 32768}  # 8 ENIs of 16 IPs: 120 pod IPs
@@ -28,15 +28,8 @@ NODE_SHAPE = {"cpus": 8, "memory_mib": 32768}  # 8 ENIs of 16 IPs: 120 pod IPs
 
 @pytest.fixture
 async def cluster(bus: Bus, clean_nats: str, vpc_sim: SimServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(bus, vpc_sim, clean_nats, tmp_path)
-    for sid, service in (("ipam-1", "ipam"), ("ipam-2", "ipam"), ("em-1", "eni_manager"), ("em-2", "eni_manager")):
-        c.start(service, sid)
-    try:
-        await c.wait_started("ipam-1", "ipam-2", "em-1", "em-2")
-        await until(lambda: c.leader("eni_manager"), 15, "an eni_manager leader")
+    async with eni_control_plane(bus, vpc_sim, clean_nats, tmp_path, ipam=2, eni_managers=2) as c:
         yield c
-    finally:
-        await c.stop()
 
 
 async def new_node(cluster: Cluster, admin: SimAdmin, name: str, **register: object) -> dict[str, object]:

@@ -19,7 +19,7 @@ from schemas.records import EniState, EniUse, PoolSettings
 from schemas.subjects import ENDPOINTS, IPAM_RELEASE
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.server import SimServer
-from tests.cluster import Cluster, until
+from tests.cluster import Cluster, eni_control_plane, until
 
 pytestmark = pytest.mark.integration
 ORPHAN_GRACE_S = 2.0
@@ -27,16 +27,9 @@ ORPHAN_GRACE_S = 2.0
 
 @pytest.fixture
 async def cluster(bus: Bus, clean_nats: str, vpc_sim: SimServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(bus, vpc_sim, clean_nats, tmp_path,
-                service_env={"ipam": {"CCE_ORPHAN_GRACE_S": str(ORPHAN_GRACE_S)}})
-    for sid, service in (("ipam-1", "ipam"), ("em-1", "eni_manager")):
-        c.start(service, sid)
-    try:
-        await c.wait_started("ipam-1", "em-1")
-        await until(lambda: c.leader("eni_manager"), 15, "an eni_manager leader")
+    async with eni_control_plane(bus, vpc_sim, clean_nats, tmp_path,
+                                 service_env={"ipam": {"CCE_ORPHAN_GRACE_S": str(ORPHAN_GRACE_S)}}) as c:
         yield c
-    finally:
-        await c.stop()
 
 
 async def quota3_node(cluster: Cluster, admin: SimAdmin, name: str, **register: object) -> dict[str, object]:

@@ -19,22 +19,15 @@ from schemas.records import EniUse, PoolSettings
 from schemas.subjects import IPAM_RELEASE
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.server import SimServer
-from tests.cluster import Cluster, until
+from tests.cluster import Cluster, eni_control_plane, until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def cluster(bus: Bus, clean_nats: str, vpc_sim: SimServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(bus, vpc_sim, clean_nats, tmp_path)
-    for sid, service in (("ipam-1", "ipam"), ("em-1", "eni_manager")):
-        c.start(service, sid)
-    try:
-        await c.wait_started("ipam-1", "em-1")
-        await until(lambda: c.leader("eni_manager"), 15, "an eni_manager leader")
+    async with eni_control_plane(bus, vpc_sim, clean_nats, tmp_path) as c:
         yield c
-    finally:
-        await c.stop()
 
 
 async def instance_ips(cluster: Cluster, instance_id: str) -> tuple[str, set[str]]:
