@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cloud.bce import BceSettings, BceVpcApi
+from cloud.port import CloudApi
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.server import SimServer, SimSettings
 
@@ -35,3 +37,12 @@ async def sim_admin(vpc_sim: SimServer) -> AsyncIterator[SimAdmin]:
         yield admin
     finally:
         await admin.close()
+
+
+WIDE_OPEN = {api: (1000.0, 1000) for api in CloudApi}  # rate limits out of the way: the service is what is tested
+
+
+def wide_open_api(sim: SimServer) -> BceVpcApi:
+    """The production adapter on the simulator, without rate limits and with quick retries."""
+    return BceVpcApi(BceSettings(endpoint=sim.url, access_key=sim.access_key, secret_key=sim.secret_key,
+                                 rate_limits=WIDE_OPEN, backoff_base_s=0.01, backoff_max_s=0.05))

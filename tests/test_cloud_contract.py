@@ -28,13 +28,13 @@ from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.faults import FaultConfig, RateLimitSpec
 from services.vpc_sim.server import SimServer
 from tests import sim_fixtures
+from tests.sim_fixtures import WIDE_OPEN
 
 pytestmark = pytest.mark.integration
 
 SG = ["sg-contract"]
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # the adapter's own token buckets opened wide: the cloud's limits (and the limiter's own tests) are what count here
-WIDE_OPEN = {api: (1000.0, 1000) for api in CloudApi}
 FAST_RETRIES = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
 
 ApiFactory = Callable[..., BceVpcApi]

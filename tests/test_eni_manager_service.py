@@ -17,7 +17,7 @@ from chassis.config import ChassisSettings
 from chassis.kv import KvCache, Store, Versioned
 from chassis.service import ServiceProcess
 from cloud.bce import BceSettings, BceVpcApi
-from cloud.port import CloudApi, CloudEni, VpcApi
+from cloud.port import CloudEni, VpcApi
 from schemas.base import InstanceType, NetworkMode, subject_token, utcnow
 from schemas.errors import ErrorReason
 from schemas.events import Event
@@ -38,10 +38,10 @@ from services.eni_manager.main import wire_manager
 from services.eni_manager.settings import EniManagerSettings
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.server import SimServer
+from tests.sim_fixtures import wide_open_api
 
 pytestmark = pytest.mark.integration
 
-WIDE_OPEN = {api: (1000.0, 1000) for api in CloudApi}
 PREFIX = "cce-cce-local-"
 TIMEOUT = 20.0
 
@@ -103,11 +103,6 @@ class World:
         return [e for e in self.events if e.kind.value == kind and e.what == what]
 
 
-def make_api(sim: SimServer) -> BceVpcApi:
-    return BceVpcApi(BceSettings(endpoint=sim.url, access_key=sim.access_key, secret_key=sim.secret_key,
-                                 rate_limits=WIDE_OPEN, backoff_base_s=0.01, backoff_max_s=0.05))
-
-
 @pytest.fixture
 async def world(bus: Bus, settings: ChassisSettings, vpc_sim: SimServer,
                 sim_admin: SimAdmin) -> AsyncIterator[World]:
@@ -115,7 +110,7 @@ async def world(bus: Bus, settings: ChassisSettings, vpc_sim: SimServer,
         return Store(await bus.bucket(bucket), bucket.record, bucket.name)
 
     info = await sim_admin.info()
-    w = World(bus, settings, vpc_sim, sim_admin, make_api(vpc_sim), str(info["vpcId"]), await store(NODES),
+    w = World(bus, settings, vpc_sim, sim_admin, wide_open_api(vpc_sim), str(info["vpcId"]), await store(NODES),
               await store(POOLS), await store(ENIS), await store(PROVISION))
 
     async def on_event(msg: Any) -> None:

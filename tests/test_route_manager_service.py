@@ -20,8 +20,8 @@ from chassis.config import ChassisSettings
 from chassis.kv import Store
 from chassis.rpc import call
 from chassis.service import ServiceProcess
-from cloud.bce import BceSettings, BceVpcApi
-from cloud.port import CloudApi, CloudRouteRule
+from cloud.bce import BceVpcApi
+from cloud.port import CloudRouteRule
 from schemas.base import InstanceType, NetworkMode, subject_token, utcnow
 from schemas.errors import CceError, ErrorReason
 from schemas.events import Event
@@ -53,10 +53,10 @@ from services.route_manager.reconciler import RouteManager
 from services.route_manager.settings import RouteManagerSettings
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.server import SimServer
+from tests.sim_fixtures import wide_open_api
 
 pytestmark = pytest.mark.integration
 
-WIDE_OPEN = {api: (1000.0, 1000) for api in CloudApi}
 TIMEOUT = 15.0
 
 
@@ -126,11 +126,6 @@ class World:
         return [e for e in self.events if e.kind.value == kind and e.what == what]
 
 
-def make_api(sim: SimServer) -> BceVpcApi:
-    return BceVpcApi(BceSettings(endpoint=sim.url, access_key=sim.access_key, secret_key=sim.secret_key,
-                                 rate_limits=WIDE_OPEN, backoff_base_s=0.01, backoff_max_s=0.05))
-
-
 @pytest.fixture
 async def world(bus: Bus, settings: ChassisSettings, vpc_sim: SimServer,
                 sim_admin: SimAdmin) -> AsyncIterator[World]:
@@ -138,7 +133,7 @@ async def world(bus: Bus, settings: ChassisSettings, vpc_sim: SimServer,
         return Store(await bus.bucket(bucket), bucket.record, bucket.name)
 
     info = await sim_admin.info()
-    w = World(bus, settings, vpc_sim, sim_admin, make_api(vpc_sim), str(info["vpcId"]),
+    w = World(bus, settings, vpc_sim, sim_admin, wide_open_api(vpc_sim), str(info["vpcId"]),
               str(info["routeTableId"]), await store(NODES), await store(POOLS), await store(NODE_CIDRS),
               await store(ROUTES), await store(CIDR_POOL))
 
