@@ -213,8 +213,10 @@ class Maintenance:
         """Ask route_manager for another CIDR when the node runs low (one ask in flight per node)."""
         if self.expand is None or nrs.name in self._expanding:
             return
-        view = domain.PoolView(upkeep.pool, self.state.facts(nrs.name, nrs.spec), self.ops.clock())
-        ask = route_mode.needs_cidr(view)
+        facts = self.state.facts(nrs.name, nrs.spec)
+        if not facts.is_route_mode:
+            return  # only vpc-route nodes grow by CIDRs: no pool view to build for the others on every pass
+        ask = route_mode.needs_cidr(domain.PoolView(upkeep.pool, facts, self.ops.clock()))
         if ask is None:
             return
         task = asyncio.create_task(self._expand(nrs.name, ask), name=f"ipam-expand-{nrs.name}")
