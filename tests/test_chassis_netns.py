@@ -14,8 +14,9 @@ import pytest
 
 from chassis import netns
 from chassis.netns import NetnsError
+from tests.privileged import NEEDS_ROOT
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
+root_only = NEEDS_ROOT
 _seq = itertools.count()
 
 
