@@ -85,6 +85,7 @@ class FakeIpam:
         self.node = node
         self.calls: list[tuple[str, str]] = []  # (verb, container id)
         self.fail_allocate: CceError | None = None
+        self.release_gate: asyncio.Event | None = None  # when set: a release waits for it before deleting
         self.rpc: RpcServer | None = None
         self._next = 10
 
@@ -132,6 +133,8 @@ class FakeIpam:
 
     async def release(self, req: ReleaseRequest) -> ReleaseReply:
         self.calls.append(("release", req.container_id))
+        if self.release_gate is not None:
+            await self.release_gate.wait()
         key = endpoint_key(req.node, req.container_id, req.ifname)
         item = await self.store.get(key)
         if item is None:

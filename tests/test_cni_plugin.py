@@ -254,6 +254,25 @@ async def test_an_add_supersedes_a_pending_release_of_the_same_attachment(cni: C
     assert await cni.ipam.keys() == [endpoint_key(NODE, "d5", "eth0")]
 
 
+
+async def test_an_add_waits_for_a_journaled_release_already_in_flight(cni: Cni) -> None:
+    """The retry has sent the release when the ADD arrives: the ADD must not be handed the endpoint being removed."""
+    assert (await cni.gw.exec("ADD", container_id="d6"))[0] == 0
+    await cni.ipam.stop()
+    assert (await cni.gw.exec("DEL", container_id="d6", netns=""))[0] == 0
+    cni.ipam.release_gate = asyncio.Event()
+    await cni.ipam.start()
+    await wait_until(lambda: "d6" in cni.ipam.verbs("release"))  # the journal's retry reached ipam and is held
+    add = asyncio.ensure_future(cni.gw.exec("ADD", container_id="d6"))
+    await asyncio.sleep(0.3)
+    assert not add.done()
+    cni.ipam.release_gate.set()
+    code, _ = await add
+    assert code == 0
+    await asyncio.sleep(3 * cni.gw.settings.journal_retry_s)
+    assert await cni.ipam.keys() == [endpoint_key(NODE, "d6", "eth0")]
+    assert cni.ipam.verbs("release") == ["d6"] and cni.ipam.verbs("confirm") == ["d6", "d6"]
+
 # ---- CHECK -------------------------------------------------------------------------------------------------------
 
 

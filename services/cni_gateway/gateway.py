@@ -225,16 +225,22 @@ class Gateway:
         """One pass over the pending releases; returns how many are still pending."""
         left = 0
         for item in self.journal.pending():
-            if Attachment(item.container_id, item.ifname) in self.busy:
+            key = Attachment(item.container_id, item.ifname)
+            if key in self.busy:
                 left += 1
                 continue
-            try:
-                await self.release_now(item.container_id, item.ifname)
-                log.info("journaled release done", container_id=item.container_id, ifname=item.ifname)
-            except CceError as err:
-                left += 1
-                log.debug("journaled release still failing", container_id=item.container_id,
-                          reason=err.reason.value)
+            # Held like a CNI request: an ADD of the same attachment arriving now waits for this release (and then
+            # allocates afresh) instead of being handed the endpoint this release is about to remove.
+            async with self._serialized(key):
+                if not self.journal.has(item.container_id, item.ifname):
+                    continue  # an ADD superseded it while we waited
+                try:
+                    await self.release_now(item.container_id, item.ifname)
+                    log.info("journaled release done", container_id=item.container_id, ifname=item.ifname)
+                except CceError as err:
+                    left += 1
+                    log.debug("journaled release still failing", container_id=item.container_id,
+                              reason=err.reason.value)
         return left
 
     async def run_journal(self) -> None:

@@ -49,6 +49,9 @@ class ReleaseJournal:
         except FileNotFoundError:
             return False
 
+    def has(self, container_id: str, ifname: str) -> bool:
+        return self._path(container_id, ifname).exists()
+
     def pending(self) -> list[PendingRelease]:
         if not self.directory.is_dir():
             return []
