@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from cloud.port import CloudEni
 from schemas.base import InstanceType
 from schemas.errors import ErrorReason
 from schemas.records import (
@@ -48,6 +49,7 @@ from services.eni_manager.domain import (
     plan_node,
     plan_removal,
 )
+from services.eni_manager.nodesync import read_scan
 
 pytestmark = pytest.mark.unit
 
@@ -328,3 +330,24 @@ def test_a_removed_node_loses_every_eni_then_its_provision_record() -> None:
         DeleteEni("eni-1", "node-removed"), DeleteEni("eni-2", "node-removed"))
     assert plan_removal("node-1", [], marked, PlanSettings(), NOW).actions == (DropProvision(),)
     assert plan_removal("node-1", [], marked, PlanSettings(), NOW, has_provision=False).is_idle
+
+
+def test_a_vpc_scan_groups_attached_enis_by_instance_and_sorts_unattached_ones_of_ours() -> None:
+    def cloud(eni_id: str, name: str, status: EniState, instance_id: str | None = None) -> CloudEni:
+        return CloudEni(eni_id=eni_id, name=name, subnet_id="sbn-1", vpc_id="vpc-1", zone="zoneA",
+                        mac="02:00:00:00:00:01", status=status, instance_id=instance_id)
+
+    ours_on_1 = cloud("eni-a", eni_name("c1", "n1", 1), EniState.INUSE, "i-1")
+    foreign_on_1 = cloud("eni-b", "someone-elses", EniState.INUSE, "i-1")
+    attaching_on_2 = cloud("eni-c", eni_name("c1", "n2", 1), EniState.ATTACHING, "i-2")
+    to_adopt = cloud("eni-d", eni_name("c1", "n2", 2), EniState.AVAILABLE)
+    orphan = cloud("eni-e", eni_name("c1", "gone", 1), EniState.AVAILABLE)
+    known = cloud("eni-f", eni_name("c1", "n1", 2), EniState.AVAILABLE)
+    other_cluster = cloud("eni-g", eni_name("c2", "n1", 1), EniState.AVAILABLE)
+
+    scan = read_scan([ours_on_1, foreign_on_1, attaching_on_2, to_adopt, orphan, known, other_cluster], "c1",
+                     known={"eni-f"}, live_nodes={"n1", "n2"})
+
+    assert scan.attached == {"i-1": [ours_on_1, foreign_on_1], "i-2": [attaching_on_2]}
+    assert scan.hints == {"n2": [to_adopt]}
+    assert scan.orphans == [orphan]

@@ -190,6 +190,7 @@ class ProbeApi:
         self.hung = asyncio.Event()
         self.in_flight: set[str] = set()
         self.max_in_flight = 0
+        self.listings: list[str | None] = []  # instance id of each list_enis call, None: the whole VPC
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -204,6 +205,14 @@ class ProbeApi:
     async def attach_eni(self, eni_id: str, instance_id: str) -> None:
         await self.inner.attach_eni(eni_id, instance_id)
         await self._maybe_hang("attach_eni")
+
+    async def list_enis(self, *, vpc_id: str, instance_id: str | None = None,
+                        name: str | None = None) -> list[CloudEni]:
+        self.listings.append(instance_id)
+        return await self.inner.list_enis(vpc_id=vpc_id, instance_id=instance_id, name=name)
+
+    def listed(self, per_instance: bool) -> int:
+        return sum(1 for instance_id in self.listings if (instance_id is not None) == per_instance)
 
     async def get_eni(self, eni_id: str) -> CloudEni:
         eni = await self.inner.get_eni(eni_id)
@@ -394,6 +403,41 @@ async def test_a_standby_takes_over_a_leader_killed_mid_creation_without_a_secon
     unrecorded = killed_after == "create_eni"
     assert [e.object for e in world.seen("eni", "adopted")] == ([cloud.eni_id] if unrecorded else [])
     assert [e.object for e in world.seen("eni", "created")] == ([] if unrecorded else [cloud.eni_id])
+
+
+# ---- periodic resync ----------------------------------------------------------------------------------------
+
+
+async def test_periodic_resyncs_use_the_vpc_listing_and_still_catch_drift_in_the_cloud(world: World) -> None:
+    """Each period lists the VPC once; nodes untouched while it ran resync from it instead of one listing each."""
+    probe = ProbeApi(world.api)
+    async with running(world, probe):
+        instances = [await world.add_node(f"node-{n}", target=5) for n in (1, 2, 3)]
+
+        async def holding(instance_id: str, ips: int) -> bool:
+            enis = await world.cloud_enis(instance_id)
+            return len(enis) == 1 and enis[0].status is EniState.INUSE and secondaries(enis) == ips
+
+        async def all_settled() -> bool:
+            return all([await holding(i, 5) for i in instances])
+
+        await until(all_settled, "three nodes holding 5 IPs each")
+        node_listings, scans = probe.listed(per_instance=True), probe.listed(per_instance=False)
+        await until(lambda: _true(probe.listed(per_instance=False) >= scans + 3), "three more periodic scans")
+        # one listing per node and period before; a round that overlaps a scan still lists its node on its own
+        assert probe.listed(per_instance=True) - node_listings < 3
+
+        [eni] = await world.cloud_enis(instances[0])
+        gone = eni.secondary_ips[0]
+        await world.api.remove_private_ips(eni.eni_id, [gone])  # by hand, behind the manager's back
+
+        async def noticed() -> bool:
+            return any(gone in e.data["removed"] for e in world.seen("ip", "resynced") if e.object == eni.eni_id)
+
+        await until(noticed, "the removal seen by a resync")
+        await until(lambda: holding(instances[0], 5), "the IP made up for")
+        [record] = await world.records("node-1")
+        assert sorted(map(str, record.secondary_ips)) == sorted((await world.cloud_enis(instances[0]))[0].secondary_ips)
 
 
 # ---- node removal ----------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 `list_enis(vpc_id, instance_id)` is the truth for the node's attached ENIs and their IPs; a record whose ENI is not
 attached is re-read on its own (it may be available or detaching, or gone). Unattached ENIs named for a node
-come from the VPC scan as hints and are adopted after a fresh read.
+come from the VPC scan as hints and are adopted after a fresh read. The periodic VPC scan also groups the attached
+ENIs by instance, so a node nothing changed since the listing began resyncs from it without a listing of its own
+(one paged call per period instead of one per node: the list API is limited to about 1/s).
 """
 
 from __future__ import annotations
@@ -25,17 +27,22 @@ log = get_logger("eni_manager.nodesync")
 
 @dataclass
 class VpcScan:
-    """Unattached ENIs of ours: those to adopt, by node, and orphans (no record, no live node)."""
+    """Unattached ENIs of ours: those to adopt, by node, and orphans (no record, no live node); and every attached
+    ENI (ours or not) by instance id."""
 
     hints: dict[str, list[CloudEni]] = field(default_factory=dict)
     orphans: list[CloudEni] = field(default_factory=list)
+    attached: dict[str, list[CloudEni]] = field(default_factory=dict)
 
 
 def read_scan(listing: Sequence[CloudEni], cluster_id: str, known: Collection[str],
               live_nodes: Collection[str]) -> VpcScan:
     hints: dict[str, list[CloudEni]] = defaultdict(list)
     orphans: list[CloudEni] = []
+    attached: dict[str, list[CloudEni]] = defaultdict(list)
     for cloud in listing:
+        if cloud.instance_id:
+            attached[cloud.instance_id].append(cloud)
         if not is_ours(cluster_id, cloud.name) or cloud.instance_id or cloud.status is not EniState.AVAILABLE:
             continue
         owner = adoption_owner(cluster_id, cloud.name, cloud.eni_id in known, live_nodes)
@@ -43,7 +50,7 @@ def read_scan(listing: Sequence[CloudEni], cluster_id: str, known: Collection[st
             hints[owner.node].append(cloud)
         elif cloud.eni_id not in known:
             orphans.append(cloud)
-    return VpcScan(dict(hints), orphans)
+    return VpcScan(dict(hints), orphans, dict(attached))
 
 
 class NodeSync:
@@ -59,10 +66,17 @@ class NodeSync:
         listing = await self.api.list_enis(vpc_id=vpc_id)
         return read_scan(listing, self.cluster_id, set(self.ledger.enis.items), live_nodes)
 
-    async def resync(self, ctx: NodeContext, hints: Sequence[CloudEni] = ()) -> int:
-        """Bring the node's records in line with the cloud; returns how many attached ENIs are not ours."""
-        attached = await self.api.list_enis(vpc_id=ctx.vpc_id, instance_id=ctx.instance_id) if ctx.instance_id \
-            else []
+    async def resync(self, ctx: NodeContext, hints: Sequence[CloudEni] = (),
+                     listed: Sequence[CloudEni] | None = None) -> int:
+        """Bring the node's records in line with the cloud; returns how many attached ENIs are not ours.
+
+        `listed`: the instance's attached ENIs from a VPC scan no change of this node overlapped; None lists them."""
+        if listed is not None:
+            attached = list(listed)
+        elif ctx.instance_id:
+            attached = await self.api.list_enis(vpc_id=ctx.vpc_id, instance_id=ctx.instance_id)
+        else:
+            attached = []
         ours = [c for c in attached if is_ours(self.cluster_id, c.name)]
         for cloud in ours:
             await self._upsert(ctx, cloud)

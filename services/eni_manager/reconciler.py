@@ -85,6 +85,9 @@ class Reconciler:
         self._scanned_at: float | None = None  # loop time the last VPC scan started, None: not this term
         self._node_seen_at: dict[str, float] = {}
         self._hints: dict[str, list[CloudEni]] = {}
+        self._listed: dict[str, list[CloudEni]] = {}  # node -> its attached ENIs from the last scan, if still true
+        self._rounds: dict[str, int] = {}  # node -> rounds started this term
+        self._in_round: set[str] = set()
         self._instances: dict[str, CloudInstance] = {}
         self._other_enis: dict[str, int] = {}
         self._removal_marks: dict[str, datetime] = {}
@@ -104,7 +107,7 @@ class Reconciler:
     async def _lead(self) -> None:
         try:
             await self.ledger.load()
-            self._scanned_at, self._hints, self._removal_marks = None, {}, {}
+            self._scanned_at, self._hints, self._removal_marks, self._listed = None, {}, {}, {}
             self.leading = True
             log.info("leading: resyncing every node before acting", nodes=len(self.known_nodes()))
             for node in self.known_nodes():
@@ -170,11 +173,19 @@ class Reconciler:
             self.kick(node, resync=True)
 
     async def _scan(self) -> list[CloudEni]:
-        """List the VPC for ENIs of ours no record knows: hints for live nodes; returns the orphans."""
+        """List the VPC for ENIs of ours no record knows: hints for live nodes; returns the orphans. A node that no
+        round touched while the listing ran gets its attached ENIs from it for its next resync."""
         started = asyncio.get_running_loop().time()
+        rounds, busy = dict(self._rounds), set(self._in_round)
         scan = await self.nodesync.scan(self.vpc_id, self.live_nodes())
         self._hints = scan.hints
         self._scanned_at = started
+        self._listed = {}
+        for node in self.known_nodes():
+            instance_id = self._instance_id(node, self.views.nrs(node))
+            untouched = node not in busy and node not in self._in_round and self._rounds.get(node) == rounds.get(node)
+            if instance_id and untouched:
+                self._listed[node] = scan.attached.get(instance_id, [])
         return scan.orphans
 
     def _scanned_for(self, node: str) -> bool:
@@ -216,6 +227,14 @@ class Reconciler:
     # --- one round for one node -------------------------------------------------------------------------------
 
     async def _round(self, node: str, resync: bool) -> bool:
+        self._rounds[node] = self._rounds.get(node, 0) + 1
+        self._in_round.add(node)
+        try:
+            return await self._round_once(node, resync, self._listed.pop(node, None))
+        finally:
+            self._in_round.discard(node)
+
+    async def _round_once(self, node: str, resync: bool, listed: list[CloudEni] | None) -> bool:
         nrs = self.views.nrs(node)
         if nrs is not None and nrs.spec.mode not in ENI_MODES:
             return True
@@ -230,7 +249,7 @@ class Reconciler:
                     return True  # ipam switches the node to vpc-eni-primary; the change brings us back
                 await self._put_provision(ctx)
             if resync:
-                self._other_enis[node] = await self.nodesync.resync(ctx, self._hints.pop(node, []))
+                self._other_enis[node] = await self.nodesync.resync(ctx, self._hints.pop(node, []), listed)
                 if nrs is not None and nrs.spec.mode is NetworkMode.VPC_ENI_PRIMARY and not nrs.status.removing:
                     await self.executor.sync_primary(ctx)
             await self._converge(ctx)
