@@ -36,6 +36,9 @@ class PoolSettings(Contract):
     release_delay_s: float = Field(30.0, ge=0, description="how long an excess IP stays marked before it goes")
     cooldown_s: float = Field(30.0, ge=0, description="a freed pod IP is not handed out again before this")
     eni_cooldown_s: float = Field(5.0, ge=0, description="exclusive mode: a freed ENI goes to no other pod before this")
+    eni_release_after_s: float | None = Field(
+        300.0, ge=0, description="exclusive mode: free ENIs beyond those held, waited for and the one spare are "
+                                 "deleted once the surplus has lasted this long; null keeps them")
 
 
 class NodeSpec(Contract):
@@ -358,6 +361,11 @@ class NodePool(Contract):
                                               description="exclusive mode: ENI id -> not handed out again before")
     exclusive_waiting: dict[str, datetime] = Field(
         default_factory=dict, description="endpoint key -> waiting for an exclusive ENI since")
+    eni_releasing: dict[str, datetime] = Field(
+        default_factory=dict, description="exclusive mode: ENI id -> marked surplus at; never handed out again, "
+                                          "eni_manager deletes it")
+    eni_surplus_since: datetime | None = Field(
+        None, description="exclusive mode: since when the node has had more free ENIs than it needs")
     updated_at: datetime = Field(default_factory=utcnow)
 
 

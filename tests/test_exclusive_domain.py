@@ -32,6 +32,7 @@ from services.cni_gateway.domain import parse_request
 from services.eni_manager.domain import (
     AttachEni,
     CreateEni,
+    DeleteEni,
     PlanSettings,
     Quota,
     eni_description,
@@ -182,6 +183,56 @@ def test_upkeep_prunes_finished_eni_cooldowns_and_stale_exclusive_waits() -> Non
     assert up.changed and up.pool.eni_cooldown == {} and up.pool.exclusive_waiting == {}
 
 
+
+def test_free_enis_beyond_the_spare_are_marked_surplus_once_the_surplus_lasted_and_never_handed_out() -> None:
+    f = facts(xeni(1), xeni(2), xeni(3), pool=PoolSettings(eni_release_after_s=60))
+    pool = NodePool(node=NODE, exclusive={"eni-1": key(0)})  # one held, two free: one of them is the spare
+    started = domain.maintain_pool(pool, f, T0, waiting_ttl_s=60)
+    assert started.changed and started.pool.eni_surplus_since == T0 and started.surplus_enis == []
+    early = domain.maintain_pool(started.pool, f, T0 + secs(59), waiting_ttl_s=60)
+    assert not early.changed and early.pool.eni_releasing == {}
+    due = domain.maintain_pool(early.pool, f, T0 + secs(60), waiting_ttl_s=60)
+    assert due.surplus_enis == ["eni-3"] and due.pool.eni_releasing == {"eni-3": T0 + secs(60)}  # highest index
+    assert due.pool.eni_surplus_since is None
+    view = xp.EniView(due.pool, f, T0 + secs(60))
+    assert [e.eni_id for e in view.free] == ["eni-2"] and [e.eni_id for e in view.releasing] == ["eni-3"]
+    assert view.target() == 2
+    second = claim(due.pool, f, key(1), T0 + secs(61))
+    assert second.slot is not None and second.slot.eni is not None and second.slot.eni.eni_id == "eni-2"
+    third = claim(second.pool, f, key(2), T0 + secs(61))
+    assert third.slot is None  # eni-3 is going: the pod waits for a new spare
+
+
+def test_a_surplus_that_ends_before_its_time_marks_nothing_and_a_node_without_the_setting_keeps_its_enis() -> None:
+    f = facts(xeni(1), xeni(2), pool=PoolSettings(eni_release_after_s=60))
+    started = domain.maintain_pool(NodePool(node=NODE), f, T0, waiting_ttl_s=60).pool
+    assert started.eni_surplus_since == T0
+    taken = claim(started, f, key(0), T0 + secs(30)).pool  # one pod: one held, one spare, nothing more
+    ended = domain.maintain_pool(taken, f, T0 + secs(90), waiting_ttl_s=60)
+    assert ended.pool.eni_surplus_since is None and ended.pool.eni_releasing == {}
+    keep = facts(xeni(1), xeni(2), xeni(3), pool=PoolSettings(eni_release_after_s=None))
+    kept = domain.maintain_pool(NodePool(node=NODE), keep, T0 + secs(10 ** 6), waiting_ttl_s=60)
+    assert kept.pool.eni_surplus_since is None and kept.pool.eni_releasing == {}
+
+
+def test_waiting_pods_cooling_and_coming_enis_count_before_any_is_surplus() -> None:
+    def surplus(pool: NodePool, *enis: Eni) -> list[str]:
+        return [e.eni_id for e in xp.EniView(pool, facts(*enis), T0).surplus()]
+
+    coming = xeni(3, state=EniState.ATTACHING)
+    assert surplus(NodePool(node=NODE), xeni(1), xeni(2), coming) == ["eni-1", "eni-2"]  # the spare is on its way
+    waiting = NodePool(node=NODE, exclusive_waiting={key(5): T0})
+    assert surplus(waiting, xeni(1), xeni(2), coming) == ["eni-2"]  # one pod waits, the coming one is the spare
+    cooling = NodePool(node=NODE, eni_cooldown={"eni-1": T0 + secs(5)})
+    assert surplus(cooling, xeni(1), xeni(2)) == ["eni-2"]  # the cooling one is the spare
+    assert surplus(NodePool(node=NODE), xeni(1)) == []
+
+
+def test_the_mark_of_an_eni_that_is_gone_leaves_the_pool() -> None:
+    f = facts(xeni(1))
+    pool = NodePool(node=NODE, eni_releasing={"eni-9": T0})
+    assert domain.maintain_pool(pool, f, T0, waiting_ttl_s=60).pool.eni_releasing == {}
+
 # ---- Hypothesis: no ENI is ever held by two pods -------------------------------------------------------------------
 
 
@@ -197,12 +248,18 @@ class ExclusiveClaims(RuleBasedStateMachine):
         self.freed_at: dict[str, datetime] = {}
 
     def facts(self) -> domain.NodeFacts:
-        return facts(*self.enis, max_enis=4, pool=PoolSettings(eni_cooldown_s=3))
+        return facts(*self.enis, max_enis=4, pool=PoolSettings(eni_cooldown_s=3, eni_release_after_s=2))
 
     @rule()
     def attach(self) -> None:
         if len(self.enis) < 4:
-            self.enis.append(xeni(len(self.enis) + 1))
+            free_index = min(set(range(1, 5)) - {e.index for e in self.enis})
+            self.enis.append(xeni(free_index))
+
+    @rule()
+    def eni_manager_deletes_the_surplus(self) -> None:
+        gone = set(self.pool.eni_releasing) - set(self.pool.exclusive)
+        self.enis = [e for e in self.enis if e.eni_id not in gone]
 
     @rule(pod=st.integers(0, 6))
     def add(self, pod: int) -> None:
@@ -212,6 +269,7 @@ class ExclusiveClaims(RuleBasedStateMachine):
             return
         eni_id = got.slot.eni.eni_id
         assert self.holder.get(eni_id, key(pod)) == key(pod), "an ENI handed to a second pod"
+        assert got.reused or eni_id not in self.pool.eni_releasing, "an ENI marked surplus handed out"
         assert got.reused or self.freed_at.get(eni_id, T0 - secs(99)) + secs(3) <= self.now, "cooling ENI handed out"
         if not got.reused:
             assert key(pod) not in self.holder.values(), "a pod holding two ENIs"
@@ -238,8 +296,13 @@ class ExclusiveClaims(RuleBasedStateMachine):
     def counters_equal_a_recount(self) -> None:
         view = xp.EniView(self.pool, self.facts(), self.now)
         held = set(self.pool.exclusive)
-        assert len(view.free) + len(view.cooling) + len(view.coming) + len(held) == len(self.enis)
+        assert len(view.free) + len(view.cooling) + len(view.coming) + len(view.releasing) + len(held) == \
+            len(self.enis)
         assert view.used == len(self.holder)
+
+    @invariant()
+    def no_held_eni_is_marked_surplus(self) -> None:
+        assert not set(self.pool.eni_releasing) & set(self.pool.exclusive)
 
 
 TestExclusiveClaims = ExclusiveClaims.TestCase
@@ -318,3 +381,15 @@ def test_a_pod_opts_in_to_an_exclusive_eni_through_cni_args(cni_args: str, wante
                          "env": {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p", "CNI_IFNAME": "eth0",
                                  "CNI_ARGS": cni_args}})
     assert req.wants_exclusive_eni is wanted
+
+
+def test_eni_manager_deletes_enis_marked_surplus_unless_a_pod_holds_one() -> None:
+    pool = NodePool(node=NODE, exclusive={"eni-1": key(0)}, eni_releasing={"eni-3": T0},
+                    demand=PoolDemand(target_enis=2, enis_used=1))
+    plan = plan_exclusive(nrs(), [xeni(1), xeni(2), xeni(3)], pool, QUOTA, SUBNETS, PLAN, T0)
+    assert plan.actions == (DeleteEni("eni-3", "surplus"),)
+    held = pool.model_copy(update={"exclusive": {"eni-1": key(0), "eni-3": key(1)}})  # a stale view: never delete
+    assert plan_exclusive(nrs(), [xeni(1), xeni(2), xeni(3)], held, QUOTA, SUBNETS, PLAN, T0).is_idle
+    short = pool.model_copy(update={"demand": PoolDemand(target_enis=3, enis_used=2)})  # the going one is no spare
+    replaced = plan_exclusive(nrs(), [xeni(1), xeni(2), xeni(3)], short, QUOTA, SUBNETS, PLAN, T0)
+    assert replaced.actions[0] == DeleteEni("eni-3", "surplus") and isinstance(replaced.actions[1], CreateEni)

@@ -104,6 +104,32 @@ async def test_three_pods_fill_a_quota_3_node_the_4th_is_refused_and_gets_in_aft
     assert len(await cluster.cloud_enis(str(inst["id"]))) == 3
 
 
+async def test_enis_beyond_the_spare_are_deleted_once_the_pods_are_gone_and_the_surplus_lasted(
+    cluster: Cluster, sim_admin: SimAdmin
+) -> None:
+    inst = await quota3_node(cluster, sim_admin, "x-1", pool=PoolSettings(eni_cooldown_s=0, eni_release_after_s=1.0))
+    replies = await asyncio.gather(*(cluster.allocate("x-1", f"pod-{i}") for i in range(3)))
+    held = {str(r.endpoint.addresses[0].eni_id) for r in replies}
+    for i in range(3):
+        await release(cluster, "x-1", f"pod-{i}")
+
+    async def one_spare_left() -> bool:
+        cloud = await cluster.cloud_enis(str(inst["id"]))
+        pool = await cluster.pool("x-1")
+        return len(cloud) == 1 and len(await cluster.eni_records("x-1")) == 1 and await _free_is(cluster, "x-1", 1) \
+            and pool is not None and pool.eni_releasing == {}  # the marks go with the ENIs
+
+    await until(one_spare_left, 30, "the two ENIs beyond the spare deleted")
+    [spare] = await cluster.cloud_enis(str(inst["id"]))
+    assert spare.eni_id in held and spare.status is EniState.INUSE
+    again = await cluster.allocate("x-1", "pod-9")  # the spare is handed out, and a new spare follows
+    assert str(again.endpoint.addresses[0].eni_id) == spare.eni_id
+    await until(lambda: _cloud_count_is(cluster, str(inst["id"]), 2), 20, "a new spare")
+
+
+async def _cloud_count_is(cluster: Cluster, instance_id: str, count: int) -> bool:
+    return len(await cluster.cloud_enis(instance_id)) == count
+
 async def test_an_eni_whose_endpoint_vanished_is_reclaimed_after_the_grace_period(cluster: Cluster,
                                                                                  sim_admin: SimAdmin) -> None:
     await quota3_node(cluster, sim_admin, "x-1", pool=PoolSettings(eni_cooldown_s=0))

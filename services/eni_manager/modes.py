@@ -5,7 +5,8 @@
   only after ipam confirmed them (the same handshake as vpc-eni); the NIC's own IP is never touched.
 - vpc-eni-exclusive (and vpc-eni nodes with `allow_exclusive`): ENIs of use EXCLUSIVE, created and attached like
   secondary-IP ENIs but given whole to one pod; eni_manager keeps the node at ipam's `demand.target_enis` (pods
-  holding one + pods waiting + one spare), at most one creation in flight, never past the node's ENI quota.
+  holding one + pods waiting + one spare), at most one creation in flight, never past the node's ENI quota; ENIs
+  ipam marked surplus (`NodePool.eni_releasing`) are detached and deleted unless a pod holds one.
 """
 
 from __future__ import annotations
@@ -103,15 +104,20 @@ def plan_primary(nrs: NetResourceSet, nic: Eni | None, pool: NodePool | None,
 def plan_exclusive(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
                    subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, *,
                    other_enis: int = 0) -> NodePlan:
-    """Stuck exclusive ENIs go, pending ones are attached, and one more is created while the node holds fewer than
-    ipam's `target_enis` (ENIs of other uses and foreign ones count against the quota)."""
+    """Stuck exclusive ENIs and those ipam marked surplus (and no pod holds) go, pending ones are attached, and one
+    more is created while the node holds fewer than ipam's `target_enis` (ENIs of other uses and foreign ones count
+    against the quota)."""
     mine = [e for e in enis if e.use is EniUse.EXCLUSIVE]
     claimed = set(pool.exclusive) if pool is not None else set()
-    stuck = [e for e in mine if e.eni_id not in claimed and is_stuck(e, now, settings.stuck_after_s)]
-    stuck_ids = {e.eni_id for e in stuck}
-    live = [e for e in mine if e.eni_id not in stuck_ids and e.state is not EniState.DELETED]
+    marked = set(pool.eni_releasing) if pool is not None else set()
+    surplus = [e for e in mine if e.eni_id in marked and e.eni_id not in claimed and e.state is not EniState.DELETED]
+    stuck = [e for e in mine if e.eni_id not in claimed and e not in surplus
+             and is_stuck(e, now, settings.stuck_after_s)]
+    gone = {e.eni_id for e in (*stuck, *surplus)}
+    live = [e for e in mine if e.eni_id not in gone and e.state is not EniState.DELETED]
     pending = [e for e in live if e.state in PENDING_STATES]
     actions: list[Action] = [DeleteEni(e.eni_id, "stuck") for e in stuck]
+    actions += [DeleteEni(e.eni_id, "surplus") for e in surplus]
     actions += [AttachEni(e.eni_id) if e.state is EniState.AVAILABLE else AwaitAttach(e.eni_id) for e in pending]
     demand = pool.demand if pool is not None else None
     target = demand.target_enis if demand is not None else 0

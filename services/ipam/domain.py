@@ -416,6 +416,7 @@ class Upkeep:
     release: ReleasePlan
     cooled: list[str]
     stale_waiting: list[str]
+    surplus_enis: list[str] = field(default_factory=list)  # exclusive ENIs marked surplus by this pass
 
 
 def maintain_pool(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s: float,
@@ -430,7 +431,8 @@ def maintain_pool(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s
     for key in stale:
         del new.waiting[key]
     xp.prune(new, facts, now, waiting_ttl_s)
+    surplus = [] if removing else xp.mark_surplus(new, facts, now)
     # vpc-route: no IP-level release handshake; idle CIDRs go back through route_manager
     plan = ReleasePlan() if removing or facts.is_route_mode else plan_release(PoolView(new, facts, now))
     new = refresh_demand(apply_release(new, plan, now), facts, now, removing)
-    return Upkeep(new, not same_pool(pool, new), plan, cooled, stale)
+    return Upkeep(new, not same_pool(pool, new), plan, cooled, stale, surplus)

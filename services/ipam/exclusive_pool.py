@@ -2,8 +2,12 @@
 way, what the node should hold (`target_enis` = held + waiting + one spare), and releasing a key's ENIs.
 
 The claim is `NodePool.exclusive[eni_id] = endpoint key`, written by compare-and-set like every IP claim, so no ENI
-is ever held by two pods. An ENI is claimable when its record is in use, no key holds it and its cooldown
-(`PoolSettings.eni_cooldown_s`, short: the ENI keeps its IP and MAC) is over.
+is ever held by two pods. An ENI is claimable when its record is in use, no key holds it, its cooldown
+(`PoolSettings.eni_cooldown_s`, short: the ENI keeps its IP and MAC) is over and it is not marked surplus.
+
+Surplus: free ENIs beyond what the node needs (held + waiting + one spare) are marked in `NodePool.eni_releasing`
+once the surplus has lasted `PoolSettings.eni_release_after_s`; the mark is written by the same compare-and-set as
+the claims, so a marked ENI is never handed out, and eni_manager deletes marked ENIs no pod holds.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class EniView:
         self.pool, self.facts, self.now = pool, facts, now
         self.enis = [e for e in exclusive_enis(facts) if e.state in LIVE_ENI_STATES]
         unheld = [e for e in self.enis if e.eni_id not in pool.exclusive]
+        self.releasing = [e for e in unheld if e.eni_id in pool.eni_releasing]
+        unheld = [e for e in unheld if e.eni_id not in pool.eni_releasing]
         self.coming = [e for e in unheld if e.state is not EniState.INUSE or e.primary_ip is None]
         ready = [e for e in unheld if e not in self.coming]
         self.cooling = [e for e in ready if self.is_in_cooldown(e.eni_id)]
@@ -78,6 +84,13 @@ class EniView:
     def next_cooldown_end(self) -> datetime | None:
         return min((self.pool.eni_cooldown[e.eni_id] for e in self.cooling), default=None)
 
+    def surplus(self) -> list[Eni]:
+        """Free ENIs beyond what the node needs: those on their way, cooling and free count towards the waiting
+        pods and the spare; the free ones past that are surplus, the highest index first."""
+        spare = 1 if allows_exclusive(self.facts.spec) else 0
+        needed = max(0, self.pending + spare - len(self.coming) - len(self.cooling))
+        return sorted(self.free, key=lambda e: (e.index, e.eni_id))[needed:]
+
 
 def release_enis(pool: NodePool, key: str, cooldown_s: float, now: datetime) -> tuple[NodePool, list[str]]:
     """Free the ENIs `key` holds (each cools down) and its waiting entry; the pool is returned as is otherwise."""
@@ -95,10 +108,32 @@ def release_enis(pool: NodePool, key: str, cooldown_s: float, now: datetime) -> 
 
 
 def prune(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s: float) -> NodePool:
-    """Finished cooldowns, cooldowns of ENIs that are gone and stale waiting entries leave the pool (in place)."""
+    """Finished cooldowns, cooldowns and surplus marks of ENIs that are gone and stale waiting entries leave the pool
+    (in place)."""
     known = {e.eni_id for e in exclusive_enis(facts)}
     for eni_id in [i for i, until in pool.eni_cooldown.items() if until <= now or i not in known]:
         del pool.eni_cooldown[eni_id]
+    for eni_id in [i for i in pool.eni_releasing if i not in known]:
+        del pool.eni_releasing[eni_id]
     for key in [k for k, since in pool.exclusive_waiting.items() if since + timedelta(seconds=waiting_ttl_s) <= now]:
         del pool.exclusive_waiting[key]
     return pool
+
+
+def mark_surplus(pool: NodePool, facts: NodeFacts, now: datetime) -> list[str]:
+    """Start, stop or act on the node's surplus timer (in place); returns the ENIs marked now. Marks are never
+    taken back: a pod that arrives meanwhile gets the spare, and a new spare is created if need be."""
+    after_s = facts.settings.eni_release_after_s
+    surplus = EniView(pool, facts, now).surplus() if after_s is not None else []
+    if not surplus:
+        pool.eni_surplus_since = None
+        return []
+    if pool.eni_surplus_since is None:
+        pool.eni_surplus_since = now
+    assert after_s is not None
+    if pool.eni_surplus_since + timedelta(seconds=after_s) > now:
+        return []
+    for eni in surplus:
+        pool.eni_releasing[eni.eni_id] = now
+    pool.eni_surplus_since = None
+    return [e.eni_id for e in surplus]

@@ -186,6 +186,9 @@ class Maintenance:
                           ("release-confirmed", plan.confirm), ("released-from-eni", plan.drop)):
             if ips:
                 await self.events.publish(EventKind.IP, what, node=node, object=node, ips=ips, count=len(ips))
+        for eni_id in upkeep.surplus_enis:
+            await self.events.publish(EventKind.ENI, "surplus-marked", node=node, object=eni_id,
+                                      message=f"{eni_id} is more than {node} needs: no pod gets it, it is deleted")
 
     async def publish_status(self, nrs: NetResourceSet, upkeep: domain.Upkeep) -> None:
         view = domain.PoolView(upkeep.pool, self.state.facts(nrs.name, nrs.spec), self.ops.clock())
