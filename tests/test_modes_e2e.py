@@ -147,7 +147,9 @@ class TestVpcEniPrimary:
 
 @pytest.fixture(scope="class")
 def exclusive_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory, "vpc-eni-exclusive", "mx", CCE_NET_NODE_MAX_ENIS="3") as stack:
+    # surplus ENIs (free beyond the one spare) go after 3 s instead of 300 s, so the last test sees them go
+    with running_stack(tmp_path_factory, "vpc-eni-exclusive", "mx", ["--pool", '{"eni_release_after_s": 3}'],
+                       CCE_NET_NODE_MAX_ENIS="3") as stack:
         yield stack
 
 
@@ -209,3 +211,28 @@ class TestVpcEniExclusive:
         assert eth0["address"] == mac
         others = [p for r, p in stack.pods().items() if p["node"] == "node-2"]
         assert all_ping([fourth, *others]) == []
+
+    def test_freed_enis_beyond_the_spare_leave_the_node_and_the_cloud(self, exclusive_stack: Stack) -> None:
+        stack = exclusive_stack
+
+        def exclusive_enis(node: str) -> list[dict[str, Any]]:
+            return [e for e in stack.status()["enis"] if e["node"] == node and e["use"] == "exclusive"]
+
+        have = [p for p in stack.pods().values() if p["node"] == "node-2"]
+        for i in range(2 - len(have)):  # two pods and their spare fill node-2's quota of 3
+            stack.add(f"default/surplus-{i}", "node-2")
+        on_node = [ref for ref, p in stack.pods().items() if p["node"] == "node-2"]
+        before = until(lambda: (lambda e: e if len(e) == len(on_node) + 1 else None)(exclusive_enis("node-2")), 30,
+                       "the pods' ENIs and one spare")
+        for ref in on_node:
+            ok(stack.cli("pod", "del", ref))
+        # every freed ENI cools down (5 s), then the surplus lasts 3 s, then eni_manager detaches and deletes it
+        left = until(lambda: (lambda e: e if len(e) == 1 else None)(exclusive_enis("node-2")), 60, "one spare left")
+        gone = [e for e in before if e["eni_id"] != left[0]["eni_id"]]
+        assert all(node_link(stack, "node-2", e["mac"]) is None for e in gone)  # hot-unplugged from the node
+        assert until(lambda: not {r["eni_id"] for r in stack.status()["eni_on_node"]} & {e["eni_id"] for e in gone},
+                     30, "the node's records of the deleted ENIs to go")
+        pod = stack.add("default/after-surplus", "node-2")  # the spare is handed out and works
+        eth0 = ip_json(Path(pod["netns"]).name, "link", "show", "dev", "eth0")[0]
+        assert eth0["address"].lower() == left[0]["mac"].lower()
+        assert all_ping([pod, *[p for p in stack.pods().values() if p["node"] == "node-1"][:1]]) == []
