@@ -86,7 +86,7 @@ class EniView:
 
     def surplus(self) -> list[Eni]:
         """Free ENIs beyond what the node needs: those on their way, cooling and free count towards the waiting
-        pods and the spare; the free ones past that are surplus, the highest index first."""
+        pods and the spare; the lowest-index free ones are kept, the rest are surplus."""
         spare = 1 if allows_exclusive(self.facts.spec) else 0
         needed = max(0, self.pending + spare - len(self.coming) - len(self.cooling))
         return sorted(self.free, key=lambda e: (e.index, e.eni_id))[needed:]
@@ -125,12 +125,11 @@ def mark_surplus(pool: NodePool, facts: NodeFacts, now: datetime) -> list[str]:
     taken back: a pod that arrives meanwhile gets the spare, and a new spare is created if need be."""
     after_s = facts.settings.eni_release_after_s
     surplus = EniView(pool, facts, now).surplus() if after_s is not None else []
-    if not surplus:
+    if after_s is None or not surplus:
         pool.eni_surplus_since = None
         return []
     if pool.eni_surplus_since is None:
         pool.eni_surplus_since = now
-    assert after_s is not None
     if pool.eni_surplus_since + timedelta(seconds=after_s) > now:
         return []
     for eni in surplus:
