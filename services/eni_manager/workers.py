@@ -1,7 +1,9 @@
 """One worker per node: rounds run one at a time, and kicks that arrive meanwhile coalesce into one more round.
 
 A round returns whether it succeeded; a failed round is retried after a back-off that doubles up to a cap and
-resets after a success. Kicks may ask for a resync first; the request sticks until a round takes it.
+resets after a success, and the retry re-reads the node from the cloud first: a failure usually means the records
+and the cloud disagree (e.g. IPs a deposed leader added after its successor's takeover resync). Kicks may ask for a
+resync first; the request sticks until a round takes it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class NodeWorker:
             if ok:
                 self._failures = 0
                 continue
-            self._resync = self._resync or resync  # a resync that failed is still owed
+            self._resync = True  # the retry starts from what the cloud says
             self._schedule_retry()
 
     def _schedule_retry(self) -> None:
