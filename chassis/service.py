@@ -8,6 +8,7 @@ stop taking requests, let in-flight ones finish, resign any lease, drain the con
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import socket
@@ -157,7 +158,25 @@ async def serve(
         proc.ready = True
         await proc.stopping.wait()
     finally:
-        await proc.shutdown()
+        # A shutdown that outlives the grace by this much says why: the tasks still running (logged), and every
+        # thread's stack (faulthandler, on stderr, also while asyncio.run joins worker threads after we return).
+        report_s = settings.shutdown_grace_s + STUCK_REPORT_AFTER_S
+        faulthandler.dump_traceback_later(report_s)
+        report = asyncio.get_running_loop().call_later(report_s, _log_running_tasks)
+        try:
+            await proc.shutdown()
+        finally:
+            report.cancel()
+
+
+STUCK_REPORT_AFTER_S = 5.0
+
+
+def _log_running_tasks() -> None:
+    running = [t for t in asyncio.all_tasks() if not t.done() and t is not asyncio.current_task()]
+    log.warning("shutdown is taking long; still running", tasks=[
+        f"{t.get_name()}: " + " <- ".join(f"{f.f_code.co_name} ({os.path.basename(f.f_code.co_filename)}:{f.f_lineno})"
+                                          for f in reversed(t.get_stack())) for t in running])
 
 
 def run(
@@ -169,3 +188,4 @@ def run(
     """Entry point of a service's composition root: read settings once, serve until signalled."""
     settings = settings_cls()
     asyncio.run(serve(name, settings, wire, description))
+    faulthandler.cancel_dump_traceback_later()

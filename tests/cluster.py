@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -70,12 +71,15 @@ class Cluster:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs.values():
+        for sid, proc in self.procs.items():
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                tail = self.log(sid)[-4000:]  # the service reports what it was still doing (chassis.service.serve)
+                warnings.warn(f"{sid} did not stop within 15 s of SIGTERM and was killed; its log ends:\n{tail}",
+                              stacklevel=1)
 
     # --- records and cloud ------------------------------------------------------------------------------------
 
