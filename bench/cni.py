@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from _table import pct  # bench/ comes first on sys.path when run as a script...
 
@@ -114,57 +115,44 @@ def ms(values: list[float], q: float) -> float:
     return pct(ns, q) / 1e6
 
 
-def wait_pool(stack: LocalStack, node: str, free: int, timeout: float) -> float:
+def wait_record(stack: LocalStack, bucket: Any, node: str, reached: Callable[[Any], bool], what: str,
+                timeout: float) -> float:
+    """Poll a node's record in `bucket` until `reached(record)`; returns the seconds it took."""
     from chassis.bus import Bus
     from chassis.config import ChassisSettings
-    from schemas.records import NodePool
-    from schemas.subjects import POOLS
 
     async def poll() -> float:
         bus = await Bus.connect(ChassisSettings(nats_url=stack.url), name="bench-cni")
         try:
-            kv = await bus.bucket(POOLS)
+            kv = await bus.bucket(bucket)
             t0 = time.monotonic()
             while time.monotonic() - t0 < timeout:
                 try:
-                    entry = await kv.get(node)
-                    if NodePool.model_validate_json(entry.value or b"{}").demand.free >= free:
+                    if reached(bucket.record.model_validate_json((await kv.get(node)).value or b"{}")):
                         return time.monotonic() - t0
                 except Exception:  # not there yet
                     pass
                 await asyncio.sleep(0.25)
-            raise SystemExit(f"the pool of {node} did not reach {free} free IPs within {timeout}s")
+            raise SystemExit(f"{what} within {timeout}s")
         finally:
             await bus.close()
 
     return asyncio.run(poll())
+
+
+def wait_pool(stack: LocalStack, node: str, free: int, timeout: float) -> float:
+    from schemas.subjects import POOLS
+
+    return wait_record(stack, POOLS, node, lambda pool: pool.demand.free >= free,
+                       f"the pool of {node} did not reach {free} free IPs", timeout)
 
 
 def wait_ready(stack: LocalStack, node: str, timeout: float) -> float:
     """vpc-route: until the node's record is ready (its CIDR and router address are there)."""
-    from chassis.bus import Bus
-    from chassis.config import ChassisSettings
-    from schemas.records import NetResourceSet
     from schemas.subjects import NODES
 
-    async def poll() -> float:
-        bus = await Bus.connect(ChassisSettings(nats_url=stack.url), name="bench-cni")
-        try:
-            kv = await bus.bucket(NODES)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < timeout:
-                try:
-                    status = NetResourceSet.model_validate_json((await kv.get(node)).value or b"{}").status
-                    if status.ready and status.router_ip is not None:
-                        return time.monotonic() - t0
-                except Exception:  # not there yet
-                    pass
-                await asyncio.sleep(0.25)
-            raise SystemExit(f"node {node} was not ready within {timeout}s")
-        finally:
-            await bus.close()
-
-    return asyncio.run(poll())
+    return wait_record(stack, NODES, node, lambda nrs: nrs.status.ready and nrs.status.router_ip is not None,
+                       f"node {node} was not ready", timeout)
 
 
 def warm_enis(network: CniNetwork, count: int, timeout: float) -> int:
