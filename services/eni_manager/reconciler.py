@@ -86,8 +86,7 @@ class Reconciler:
         self._node_seen_at: dict[str, float] = {}
         self._hints: dict[str, list[CloudEni]] = {}
         self._listed: dict[str, list[CloudEni]] = {}  # node -> its attached ENIs from the last scan, if still true
-        self._rounds: dict[str, int] = {}  # node -> rounds started this term
-        self._in_round: set[str] = set()
+        self._round_marks: dict[str, int] = {}  # node -> rounds started + rounds ended: odd while one runs
         self._instances: dict[str, CloudInstance] = {}
         self._other_enis: dict[str, int] = {}
         self._removal_marks: dict[str, datetime] = {}
@@ -176,14 +175,14 @@ class Reconciler:
         """List the VPC for ENIs of ours no record knows: hints for live nodes; returns the orphans. A node that no
         round touched while the listing ran gets its attached ENIs from it for its next resync."""
         started = asyncio.get_running_loop().time()
-        rounds, busy = dict(self._rounds), set(self._in_round)
+        marks = dict(self._round_marks)
         scan = await self.nodesync.scan(self.vpc_id, self.live_nodes())
         self._hints = scan.hints
         self._scanned_at = started
         self._listed = {}
         for node in self.known_nodes():
             instance_id = self._instance_id(node, self.views.nrs(node))
-            untouched = node not in busy and node not in self._in_round and self._rounds.get(node) == rounds.get(node)
+            untouched = self._round_marks.get(node, 0) == marks.get(node, 0) and marks.get(node, 0) % 2 == 0
             if instance_id and untouched:
                 self._listed[node] = scan.attached.get(instance_id, [])
         return scan.orphans
@@ -227,12 +226,11 @@ class Reconciler:
     # --- one round for one node -------------------------------------------------------------------------------
 
     async def _round(self, node: str, resync: bool) -> bool:
-        self._rounds[node] = self._rounds.get(node, 0) + 1
-        self._in_round.add(node)
+        self._round_marks[node] = self._round_marks.get(node, 0) + 1
         try:
             return await self._round_once(node, resync, self._listed.pop(node, None))
         finally:
-            self._in_round.discard(node)
+            self._round_marks[node] += 1
 
     async def _round_once(self, node: str, resync: bool, listed: list[CloudEni] | None) -> bool:
         nrs = self.views.nrs(node)
