@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
@@ -26,11 +25,11 @@ from typer.testing import CliRunner
 
 from cce_net.cli import app
 from cce_net.cni_runtime import CniError, CniNetwork, CniRuntime, RuntimeConf, conflist_from, load_conflist
+from cce_net.stack import REFERENCE_PLUGINS
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
+from tests.privileged import NEEDS_CHAIN_PLUGINS
 from tests.test_cni_fakes import Cni, cni_stack
-
-REFERENCE = Path("/usr/lib/cni")
 
 RECORDER = """#!{python} -IS
 import json, os, sys
@@ -163,10 +162,6 @@ def test_install_cni_is_idempotent_and_keeps_user_plugins(tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------------------------------------------
 # Privileged: chained with the reference portmap and bandwidth plugins on real namespaces.
 
-privileged = pytest.mark.skipif(
-    os.geteuid() != 0 or not (REFERENCE / "portmap").exists() or not (REFERENCE / "bandwidth").exists()
-    or shutil.which("iptables") is None,
-    reason="needs root, iptables and Debian's containernetworking-plugins in /usr/lib/cni")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -200,14 +195,14 @@ def in_node(node: str, *argv: str) -> str:
 
 
 @pytest.mark.integration
-@privileged
+@NEEDS_CHAIN_PLUGINS
 async def test_chained_with_portmap_and_bandwidth_add_check_del(chained: Cni, namespaces: tuple[str, str]) -> None:
     node, pod = namespaces
     conf_dir = chained.gw.settings.cni_conf_dir
     assert conf_dir is not None
     conflist = load_conflist(conf_dir / "10-cce.conflist")
     assert [p["type"] for p in conflist.plugins] == ["cce", "portmap", "bandwidth"]
-    runtime = CniRuntime([chained.gw.plugin.parent, REFERENCE], exec_netns=f"/run/netns/{node}")
+    runtime = CniRuntime([chained.gw.plugin.parent, REFERENCE_PLUGINS], exec_netns=f"/run/netns/{node}")
     rt = RuntimeConf("chain1", f"/run/netns/{pod}", "eth0",
                      {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web", "IgnoreUnknown": "1"},
                      {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],

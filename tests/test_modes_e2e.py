@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,11 +17,9 @@ from typing import Any
 import pytest
 
 from tests.e2e_stack import Stack, ok, running_stack, until
+from tests.privileged import NEEDS_ROOT
 
-pytestmark = pytest.mark.e2e
-
-if os.geteuid() != 0:
-    pytest.skip("needs root: simulated nodes are network namespaces", allow_module_level=True)
+pytestmark = [pytest.mark.e2e, NEEDS_ROOT]  # simulated nodes are network namespaces
 
 def ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
     out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True, check=True).stdout

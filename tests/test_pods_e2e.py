@@ -19,11 +19,9 @@ import pytest
 
 from cce_net.stack import read_state
 from tests.e2e_stack import Stack, in_ns, ok, running_stack, stack_env, until
+from tests.privileged import NEEDS_CHAIN_PLUGINS, NEEDS_ROOT
 
-pytestmark = pytest.mark.e2e
-
-if os.geteuid() != 0:
-    pytest.skip("needs root: simulated nodes are network namespaces", allow_module_level=True)
+pytestmark = [pytest.mark.e2e, NEEDS_ROOT]  # simulated nodes are network namespaces
 
 COOLDOWN_S = 4.0
 STACK_TAG = "p"
@@ -228,9 +226,7 @@ def test_a_pod_whose_record_is_gone_is_cleaned_from_the_node_by_resync(stack: Pa
     until(lambda: not leftovers(stack, "node-1", ip, veth), 30, "resync to remove the orphaned pod")
 
 
-@pytest.mark.skipif(not os.access("/usr/lib/cni/portmap", os.X_OK) or not os.access("/usr/lib/cni/bandwidth", os.X_OK)
-                    or subprocess.run(["which", "iptables"], capture_output=True).returncode != 0,
-                    reason="needs Debian's containernetworking-plugins in /usr/lib/cni and iptables")
+@NEEDS_CHAIN_PLUGINS
 def test_chained_with_the_reference_portmap_and_bandwidth_on_a_real_node(stack: Path,
                                                                           six_pods: dict[str, Any]) -> None:
     from cce_net.cni_runtime import CniError, CniNetwork, CniRuntime, conflist_from
