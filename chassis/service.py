@@ -158,18 +158,18 @@ async def serve(
         proc.ready = True
         await proc.stopping.wait()
     finally:
-        # A shutdown that outlives the grace by this much says why: the tasks still running (logged), and every
-        # thread's stack (faulthandler, on stderr, also while asyncio.run joins worker threads after we return).
+        # A shutdown that outlives the grace says why: the tasks still running (logged), then every thread's stack
+        # (faulthandler, on stderr, also while asyncio.run joins worker threads after we return).
         report_s = settings.shutdown_grace_s + STUCK_REPORT_AFTER_S
-        faulthandler.dump_traceback_later(report_s)
         report = asyncio.get_running_loop().call_later(report_s, _log_running_tasks)
+        faulthandler.dump_traceback_later(report_s + 1.0)
         try:
             await proc.shutdown()
         finally:
             report.cancel()
 
 
-STUCK_REPORT_AFTER_S = 5.0
+STUCK_REPORT_AFTER_S = 2.0  # past the grace; supervisors that kill at grace + 5 s still get both reports
 
 
 def _log_running_tasks() -> None:

@@ -41,7 +41,7 @@ def test_a_shutdown_that_outlives_its_grace_says_which_task_and_thread_hold_it(c
     try:
         wait_for(log, "service started", 30)
         proc.send_signal(signal.SIGTERM)
-        content = wait_for(log, "Thread 0x", GRACE_S + STUCK_REPORT_AFTER_S + 15)
+        content = wait_for(log, "Thread 0x", GRACE_S + STUCK_REPORT_AFTER_S + 1 + 15)
         assert "shutdown is taking long; still running" in content
         assert "refuses-to-stop: refuses_to_stop (stuck_service.py:" in content  # the task and where it waits
         assert "most recent call first" in content and "stuck_service.py" in content.split("Thread 0x", 1)[1]
