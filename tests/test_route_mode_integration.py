@@ -189,6 +189,12 @@ async def test_a_node_filled_past_its_first_cidr_gets_another_and_no_allocation_
         reply = await c.allocate("node-1", f"pod-{i:02d}", wait_s=5)
         ips.append(reply.endpoint.addresses[0].ip)
     assert len(set(ips)) == 70
+
+    async def third_cidr_recorded() -> bool:  # the node's status follows its pool (maintenance writes it)
+        record = await nrs(c, "node-1")
+        return record is not None and len(record.status.cidrs) >= 3
+
+    await until(third_cidr_recorded, 15, "the node's status to list its third CIDR")
     record = await ready(c, "node-1")
     assert record.status.cidrs[0] == first and len(record.status.cidrs) >= 3
     assert all(any(ip in cidr for cidr in record.status.cidrs) for ip in ips)
