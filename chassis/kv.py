@@ -129,16 +129,25 @@ class Store(Generic[T]):
         """Every decodable record, optionally under a key prefix ending in '.'."""
         pattern = f"{prefix}>" if prefix else ">"
         # a short inactivity threshold: the server drops this one-shot consumer soon after we stop reading
-        watcher = await self.kv.watch(pattern, ignore_deletes=True, inactive_threshold=2.0)
+        watcher = await self.kv.watch(pattern, inactive_threshold=2.0)
         out: dict[str, Versioned[T]] = {}
+        seen = 0  # messages read, delete markers included (each one the consumer delivered)
         try:
             while True:
                 entry = await watcher.updates(timeout=5.0)
                 if entry is None:
-                    break
-                item = self._decode(entry.key, entry.value, entry.revision or 0)
-                if item is not None:
-                    out[entry.key] = item
+                    # nats-py queues its "no more initial values" marker when the consumer reports nothing pending,
+                    # which is also true when the server has delivered messages this client has not processed yet:
+                    # the marker can come first. The end is only the end when every delivered message was read.
+                    sub = watcher._sub  # the watcher exposes no other way to ask
+                    if sub is None or seen >= (await sub.consumer_info()).delivered.consumer_seq:
+                        break
+                    continue
+                seen += 1
+                if entry.operation not in ("DEL", "PURGE"):
+                    item = self._decode(entry.key, entry.value, entry.revision or 0)
+                    if item is not None:
+                        out[entry.key] = item
                 if not entry.delta:
                     break
         finally:
