@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 from chassis.events import EventPublisher
+from chassis.grace import Grace
 from chassis.kv import KEEP, _Keep
 from chassis.leader import LeaderElector
 from chassis.logs import get_logger
@@ -29,26 +29,6 @@ Expand = Callable[[ExpandRequest], Awaitable[ExpandReply]]
 # route_manager not reachable or not leading right now: asked again on the next pass, nothing recorded
 TRANSIENT = frozenset({ErrorReason.NOT_LEADER, ErrorReason.SERVICE_UNAVAILABLE, ErrorReason.TIMEOUT,
                        ErrorReason.CONFLICT})
-
-
-class Grace:
-    """Two-phase collection: a candidate is acted on only once it has stayed a candidate for the grace period."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], dict[str, datetime]] = {}
-
-    def due(self, scope: tuple[str, str], candidates: set[str], now: datetime, grace_s: float) -> list[str]:
-        previous = self._seen.get(scope, {})
-        seen = {c: previous.get(c, now) for c in candidates}
-        if seen:
-            self._seen[scope] = seen
-        else:
-            self._seen.pop(scope, None)
-        return sorted(c for c, since in seen.items() if since + timedelta(seconds=grace_s) <= now)
-
-    def forget(self, node: str) -> None:
-        for scope in [s for s in self._seen if s[0] == node]:
-            del self._seen[scope]
 
 
 class Maintenance:
