@@ -9,8 +9,11 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 NODES ?= 2
 MODE ?= vpc-eni
 PYTEST_ARGS ?=
+# the native CNI plugin (cni/, Go): a static executable, installed instead of the Python one when built
+GO ?= $(shell command -v go || { test -x /usr/local/go/bin/go && echo /usr/local/go/bin/go; })
+CNI_PLUGIN := build/cni/cce
 
-.PHONY: setup up up-detached down status lint typecheck api compose test bench clean
+.PHONY: setup up up-detached down status lint typecheck api compose test bench cni-plugin clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11"; exit 1; }
@@ -54,5 +57,14 @@ bench: setup
 	$(PY) bench/bus.py
 	$(PY) bench/cloud.py
 
+cni-plugin: $(CNI_PLUGIN)
+
+$(CNI_PLUGIN): cni/go.mod cni/go.sum $(shell find cni -name '*.go')
+	@test -n "$(GO)" || { echo "make cni-plugin: Go is not installed (needs Go >= 1.22 on PATH, or GO=/path/to/go);" \
+		"nodes without it use the Python plugin"; exit 1; }
+	mkdir -p $(dir $(CNI_PLUGIN))
+	cd cni && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w' -o $(abspath $(CNI_PLUGIN)).tmp ./cmd/cce
+	mv $(CNI_PLUGIN).tmp $(CNI_PLUGIN)
+
 clean:
-	rm -rf $(VENV) .cce-state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cce-state .pytest_cache .mypy_cache .ruff_cache build

@@ -1,17 +1,21 @@
 """Benchmark (root): CNI ADD and DEL as the container runtime sees them, timed from exec of the plugin to its exit,
-for our plugin on a simulated node of the local stack and for the reference `ptp` + `host-local` plugins
-(Debian's containernetworking-plugins) in the same run.
+for our plugins on a simulated node of the local stack — the Python one and the native one (Go, `make cni-plugin`)
+side by side, against the same gateway — and for the reference `ptp` + `host-local` plugins (Debian's
+containernetworking-plugins) in the same run.
 
 Ours: `LocalStack` with one simulated node (embedded NATS, simulator with its namespace fabric, ipam x2,
 eni_manager x2, route_manager x2, the node's node_datapath + cni_gateway), its pool warmed up to `--pods` free
 IPs first (a production node keeps a warm pool; a cold ADD waiting for the cloud measures the cloud), cooldown 0.
-The conflist is the one the node's cni_gateway installed (our plugin only). Reference: a conflist of `ptp` with
-`host-local` IPAM (a /16, its own data dir), run in a namespace of its own standing for the host.
+The conflist is the one the node's cni_gateway installed (our plugin only); each of our plugins (`--plugins`,
+default: both when the native one is built, else python) is installed into a directory of its own and run with it.
+Reference: a conflist of `ptp` with `host-local` IPAM (a /16, its own data dir), run in a namespace of its own
+standing for the host.
 
 Both are executed by the same harness (cce_net/cni_runtime.py) under `nsenter --net=<node namespace>`, as a
 runtime on a namespaced node would; the cost of that wrapper alone (`nsenter ... /bin/true`) is printed too. Phases
 per variant: `--pods` ADDs one after another, then their DELs one after another; then the same number with
-`--concurrency` in flight. Pod namespaces are created before and removed after the timed calls.
+`--concurrency` in flight (each phase runs for every plugin, one plugin after the other). Pod namespaces are
+created before and removed after the timed calls.
 
 Modes (`--mode`, or `all`: one stack per mode, one after the other, the reference measured once):
 - vpc-eni: as above (up to 105 pods: a node's ENIs hold that many IPs).
@@ -23,6 +27,7 @@ Modes (`--mode`, or `all`: one stack per mode, one after the other, the referenc
   after a warm-up that leaves that many ENIs attached and free; ENI cooldown 0.
 
 Run:  .venv/bin/python bench/cni.py [--pods 100] [--concurrency 20] [--mode vpc-eni|vpc-route|...|all]
+                                   [--plugins python,native]
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from cce_net.cni_runtime import CniNetwork, CniRuntime, conflist_from, load_conflist  # noqa: E402
 from cce_net.pods import create_netns, remove_netns  # noqa: E402
 from cce_net.stack import REFERENCE_PLUGINS, LocalStack  # noqa: E402
+from services.cni_gateway.install import NATIVE_BUILD, PLUGIN_NAME, plugin_content, write_atomically  # noqa: E402
 
 ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={name}"
 MODES = ("vpc-eni", "vpc-route", "vpc-eni-primary", "vpc-eni-exclusive")
@@ -178,8 +184,18 @@ def warm_enis(network: CniNetwork, count: int, timeout: float) -> int:
     return len(held)
 
 
+def plugin_dirs(kinds: list[str], tmp: Path) -> dict[str, Path]:
+    """A bin directory per plugin kind, holding our plugin of that kind as `cce`."""
+    dirs = {}
+    for kind in kinds:
+        dirs[kind] = tmp / f"bin-{kind}"
+        write_atomically(dirs[kind] / PLUGIN_NAME, plugin_content(kind)[1], 0o755)
+    return dirs
+
+
 def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """Start a one-node stack in `mode`, warm it, run the sequential and concurrent phases, stop it."""
+    """Start a one-node stack in `mode`, warm it, run the sequential and concurrent phases with each plugin, stop
+    it. Figures are keyed by (plugin and mode, phase)."""
     pods = min(args.pods, MAX_PODS[mode])
     pool: dict[str, object] = {"min_allocate": pods + 5, "pre_allocate": pods, "max_above_watermark": 110,
                                "cooldown_s": 0}
@@ -192,8 +208,10 @@ def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[s
         t0 = time.monotonic()
         stack.start(timeout=90)
         info = stack.node_info["node-1"]
-        ours = CniNetwork(load_conflist(Path(info["conf_dir"]) / "10-cce.conflist"),
-                          CniRuntime([info["bin_dir"]], exec_netns=f"/run/netns/{info['netns']}"))
+        conflist = load_conflist(Path(info["conf_dir"]) / "10-cce.conflist")
+        networks = {kind: CniNetwork(conflist, CniRuntime([bin_dir], exec_netns=f"/run/netns/{info['netns']}"))
+                    for kind, bin_dir in plugin_dirs(args.plugins, tmp / mode).items()}
+        ours = networks[args.plugins[0]]
         up = time.monotonic() - t0
         batch: int | None = None
         if mode == "vpc-eni-exclusive":
@@ -207,9 +225,12 @@ def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[s
             wait_pool(stack, "node-1", pods, timeout=180)
             what = f"pool of {pods} free IPs"
         print(f"[{mode}] stack up in {up:.1f} s; warm ({what}) {time.monotonic() - t0 - up:.1f} s later")
-        figures[(mode, "sequential")] = phase(ours, f"c{MODES.index(mode)}s", pods, 1, 1 if batch else None)
         conc = min(args.concurrency, batch) if batch else args.concurrency
-        figures[(mode, f"{conc} concurrent")] = phase(ours, f"c{MODES.index(mode)}c", pods, conc, batch)
+        for label, concurrency, per_batch in (("sequential", 1, 1 if batch else None),
+                                              (f"{conc} concurrent", conc, batch)):
+            for n, (kind, network) in enumerate(networks.items()):
+                prefix = f"c{MODES.index(mode)}{label[0]}{n}"
+                figures[(f"cce/{kind} {mode}", label)] = phase(network, prefix, pods, concurrency, per_batch)
     finally:
         stack.stop()
         from services.vpc_sim.fabric import Fabric  # the simulator removes its namespaces; this is in case
@@ -223,7 +244,14 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--mode", choices=[*MODES, "all"], default="vpc-eni", help="network mode(s) of our node")
+    parser.add_argument("--plugins", type=lambda v: [k.strip() for k in v.split(",") if k.strip()],
+                        default=["python", "native"] if NATIVE_BUILD.is_file() else ["python"],
+                        help="our plugins to run, e.g. python,native (default: both when the native one is built)")
     args = parser.parse_args()
+    if not args.plugins or not set(args.plugins) <= {"python", "native"}:
+        raise SystemExit("--plugins: a comma-separated list of python and native")
+    if "native" in args.plugins and not NATIVE_BUILD.is_file():
+        raise SystemExit(f"the native plugin is not built ({NATIVE_BUILD}): run `make cni-plugin` (needs Go)")
     if os.geteuid() != 0:
         raise SystemExit("needs root: pods are network namespaces")
     if not (REFERENCE_PLUGINS / "ptp").exists():
@@ -263,8 +291,7 @@ def print_table(figures: dict[tuple[str, str], dict[str, list[float]]],
                 references: dict[str, dict[str, list[float]]]) -> None:
     head = ("op", "mode", "plugin", "n", "p50 ms", "p95 ms", "p99 ms", "p50 ratio")
     rows = []
-    every = [*(((f"cce {m}", c), ops) for (m, c), ops in figures.items()), *(((REF, c), o)
-                                                                           for c, o in references.items())]
+    every = [*figures.items(), *(((REF, c), o) for c, o in references.items())]
     for (plugin, conc), ops in every:
         for op, values in ops.items():
             base = references[conc][op]

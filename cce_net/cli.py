@@ -260,17 +260,24 @@ def install_cni_cmd(
     conf_dir: Annotated[Path, typer.Option("--conf-dir", help="where the conflist goes (e.g. /etc/cni/net.d)")],
     socket: Annotated[Path, typer.Option(help="the cni_gateway's unix socket")] = Path("/run/cce-net/cni.sock"),
     chain: Annotated[str, typer.Option(help="plugins chained after ours, e.g. portmap,bandwidth")] = "",
+    plugin: Annotated[str, typer.Option(envvar="CCE_CNI_PLUGIN",
+                                        help="auto (native when built), native (Go, `make cni-plugin`) or python")
+                      ] = "auto",
+    plugin_binary: Annotated[Path | None, typer.Option(envvar="CCE_CNI_PLUGIN_BINARY",
+                                                       help="the native plugin (default: build/cni/cce)")] = None,
 ) -> None:
     """Install the CNI plugin `<bin-dir>/cce` and `<conf-dir>/10-cce.conflist` (idempotent; keeps other plugins)."""
     from services.cni_gateway.install import InstallError, install_cni
 
     try:
-        done = install_cni(bin_dir, conf_dir, node, socket, [c.strip() for c in chain.split(",") if c.strip()])
+        done = install_cni(bin_dir, conf_dir, node, socket, [c.strip() for c in chain.split(",") if c.strip()],
+                           plugin_kind=plugin, plugin_binary=plugin_binary)
     except (InstallError, OSError) as err:
         err_console.print(f"[red]install-cni failed: {err}[/red]")
         raise typer.Exit(1) from None
     for path, changed in ((done.plugin, done.plugin_changed), (done.conflist, done.conflist_changed)):
-        console.print(f"{'wrote' if changed else 'unchanged'} {path}")
+        kind = f" ({done.kind})" if path == done.plugin else ""
+        console.print(f"{'wrote' if changed else 'unchanged'} {path}{kind}")
 
 
 @app.command()

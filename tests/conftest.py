@@ -15,6 +15,7 @@ import pytest
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
 from chassis.embedded_nats import EmbeddedNats
+from tests.cni_plugins import cni_plugin, native_plugin  # noqa: F401  (both CNI plugins)
 from tests.sim_fixtures import sim_admin, vpc_sim  # noqa: F401  (fixtures for every test module)
 
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -261,18 +261,22 @@ class GatewayUnderTest:
 
     async def exec(self, command: str, container_id: str = "c0ffee01", netns: str | None = None,
                    ifname: str = "eth0", config: dict[str, Any] | None = None, stdin: bytes | None = None,
-                   env: dict[str, str | None] | None = None, plugin: Path | None = None,
+                   env: dict[str, str | None] | None = None, argv: Sequence[str] = (),
                    ) -> tuple[int, dict[str, Any] | None]:
-        """Exec the installed plugin like a runtime; returns (exit code, parsed stdout or None when empty)."""
+        """Exec the installed plugin (or `argv`) like a runtime; returns (exit code, parsed stdout or None when
+        empty). The pod netns defaults to the test process's own, which is the plugin's too: a plugin built on the
+        CNI library refuses that after ADD and DEL unless CNI_NETNS_OVERRIDE says it is meant."""
+        netns = own_netns() if netns is None else netns
         base: dict[str, str | None] = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
-            "CNI_NETNS": own_netns() if netns is None else netns, "CNI_IFNAME": ifname,
-            "CNI_PATH": str(self.plugin.parent),
-            "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-" + container_id[:6] + ";K8S_POD_UID=u1"}
+            "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": str(self.plugin.parent),
+            "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-" + container_id[:6] + ";K8S_POD_UID=u1",
+            "CNI_NETNS_OVERRIDE": "1" if netns == own_netns() else None}
         merged = {k: v for k, v in {**base, **(env or {})}.items() if v is not None}
         data = stdin if stdin is not None else json.dumps(config or self.config()).encode()
-        proc = await asyncio.create_subprocess_exec(str(plugin or self.plugin), env=merged, stdin=subprocess.PIPE,
-                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(*(argv or [str(self.plugin)]), env=merged,
+                                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(data), 30)
         assert proc.returncode is not None
         return proc.returncode, (json.loads(out) if out.strip() else None)

@@ -1,18 +1,26 @@
 """Component tier: the installed CNI plugin exec-ed like a runtime does, against the cni_gateway started in-process
 on a real nats-server, with stateful stand-ins for ipam and node_datapath on their bus subjects
-(tests/test_cni_fakes.py). Needs no root: the pod netns is the test process's own."""
+(tests/test_cni_fakes.py). Needs no root: the pod netns is the test process's own.
+
+Every test that execs the plugin runs against both plugins (tests/cni_plugins.py): the Python one and the native
+one (cni/, Go). Where the CNI library's skel (native) rejects bad input before the gateway sees it, the code is the
+same and the message is the library's. As root, the native plugin also runs in a chroot holding nothing but itself
+and the gateway's socket."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import structlog.testing
@@ -24,14 +32,16 @@ from schemas.errors import CceError, ErrorReason
 from schemas.records import CceEndpoint, EndpointAddress
 from schemas.subjects import ENDPOINTS, endpoint_key
 from services.cni_gateway.plugin import SUPPORTED_VERSIONS
-from tests.test_cni_fakes import GATEWAY_IP, NODE, SUBNET, Cni, cni_stack, own_netns, register_node
+from tests.cni_plugins import PluginChoice
+from tests.privileged import NEEDS_ROOT
+from tests.test_cni_fakes import GATEWAY_IP, NODE, SUBNET, Cni, cni_stack, own_netns, register_node, short_tmpdir
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def cni(settings: ChassisSettings, bus: Bus) -> AsyncIterator[Cni]:
-    async with cni_stack(settings, bus) as stack:
+async def cni(settings: ChassisSettings, bus: Bus, cni_plugin: PluginChoice) -> AsyncIterator[Cni]:
+    async with cni_stack(settings, bus, **cni_plugin.settings) as stack:
         yield stack
 
 
@@ -60,10 +70,13 @@ async def test_version_is_answered_by_the_plugin_itself(cni: Cni) -> None:
     assert {"0.4.0", "1.0.0", "1.1.0"} <= set(SUPPORTED_VERSIONS)
 
 
-async def test_the_plugin_is_installed_with_an_isolated_absolute_interpreter(cni: Cni) -> None:
-    first_line = cni.gw.plugin.read_text().splitlines()[0]
-    interpreter, flags = first_line[2:].split(" ")
-    assert os.path.isabs(interpreter) and os.access(interpreter, os.X_OK) and flags == "-IS"
+async def test_the_plugin_is_installed_as_chosen(cni: Cni, cni_plugin: PluginChoice) -> None:
+    if cni_plugin.binary is None:  # python: an isolated absolute interpreter in the shebang
+        first_line = cni.gw.plugin.read_text().splitlines()[0]
+        interpreter, flags = first_line[2:].split(" ")
+        assert os.path.isabs(interpreter) and os.access(interpreter, os.X_OK) and flags == "-IS"
+    else:  # native: the built executable, as it is
+        assert cni.gw.plugin.read_bytes() == cni_plugin.binary.read_bytes()
     assert stat.S_IMODE(cni.gw.plugin.stat().st_mode) == 0o755
     conflist = json.loads((cni.gw.dir / "conf" / "10-cce.conflist").read_text())
     assert conflist["plugins"][0] == {"type": "cce", "socket": str(cni.gw.socket), "node": NODE}
@@ -111,24 +124,35 @@ async def test_without_kubernetes_args_the_pod_is_named_after_the_container(cni:
     assert item is not None and (item.value.namespace, item.value.pod) == ("default", "0123456789ab")
 
 
-BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
-    ("malformed stdin", {"stdin": b"{not json"}, 6, "not JSON"),
-    ("stdin not an object", {"stdin": b"[1]"}, 6, "not a JSON object"),
-    ("unknown cniVersion", {"version": "9.0.0"}, 1, "not supported"),
-    ("no CNI_CONTAINERID", {"env": {"CNI_CONTAINERID": None}}, 4, "CNI_CONTAINERID is missing"),
-    ("no CNI_NETNS", {"env": {"CNI_NETNS": None}}, 4, "CNI_NETNS is missing"),
-    ("no CNI_IFNAME", {"env": {"CNI_IFNAME": None}}, 4, "CNI_IFNAME is missing"),
-    ("netns does not exist", {"netns": "/run/netns/cce-no-such-netns"}, 3, "does not exist"),
-    ("netns is a plain file", {"netns": "FILE"}, 4, "is not a namespace"),
-    ("netns is a uts namespace", {"netns": f"/proc/{os.getpid()}/ns/uts"}, 4, "another kind"),
-    ("ifname over 15 chars", {"ifname": "eth0123456789abc"}, 4, "at most 15"),
-    ("no CNI_COMMAND", {"command": ""}, 4, "CNI_COMMAND"),
+class BadInput(NamedTuple):
+    case: str
+    how: dict[str, Any]
+    code: int
+    words: str  # in the msg
+    native_words: str | None = None  # when the native plugin's skel answers before the gateway, in its words
+
+
+BAD_INPUTS = [
+    BadInput("malformed stdin", {"stdin": b"{not json"}, 6, "not JSON", "error unmarshall network config"),
+    BadInput("stdin not an object", {"stdin": b"[1]"}, 6, "not a JSON object", "cannot unmarshal array"),
+    BadInput("unknown cniVersion", {"version": "9.0.0"}, 1, "not supported", "incompatible CNI versions"),
+    BadInput("no CNI_CONTAINERID", {"env": {"CNI_CONTAINERID": None}}, 4, "CNI_CONTAINERID is missing",
+             "[CNI_CONTAINERID] missing"),
+    BadInput("no CNI_NETNS", {"env": {"CNI_NETNS": None}}, 4, "CNI_NETNS is missing", "[CNI_NETNS] missing"),
+    BadInput("no CNI_IFNAME", {"env": {"CNI_IFNAME": None}}, 4, "CNI_IFNAME is missing", "[CNI_IFNAME] missing"),
+    BadInput("netns does not exist", {"netns": "/run/netns/cce-no-such-netns"}, 3, "does not exist"),
+    BadInput("netns is a plain file", {"netns": "FILE"}, 4, "is not a namespace"),
+    BadInput("netns is a uts namespace", {"netns": f"/proc/{os.getpid()}/ns/uts"}, 4, "another kind"),
+    BadInput("ifname over 15 chars", {"ifname": "eth0123456789abc"}, 4, "at most 15", "interface name is too long"),
+    BadInput("no CNI_COMMAND", {"command": ""}, 4, "CNI_COMMAND"),
 ]
 
 
-@pytest.mark.parametrize(("case", "how", "code", "words"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-async def test_bad_input_gets_its_cni_code_and_allocates_nothing(cni: Cni, tmp_path: Path, case: str,
-                                                                 how: dict[str, Any], code: int, words: str) -> None:
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=[c.case for c in BAD_INPUTS])
+async def test_bad_input_gets_its_cni_code_and_allocates_nothing(cni: Cni, cni_plugin: PluginChoice,
+                                                                 tmp_path: Path, bad: BadInput) -> None:
+    how, code = bad.how, bad.code
+    words = bad.native_words if cni_plugin.kind == "native" and bad.native_words else bad.words
     plain = tmp_path / "not-a-netns"
     plain.write_text("")
     netns = how.get("netns")
@@ -187,6 +211,71 @@ async def test_a_gateway_that_is_not_running_is_try_again_later(cni: Cni) -> Non
         assert "not running" in error["msg"]
     code, error = await cni.gw.exec("STATUS", config=cni.gw.config("1.1.0"))
     assert code == 1 and error is not None and error["code"] == 50
+
+
+# ---- what the plugin sends and makes of the gateway's replies (the same for both plugins) ------------------------
+
+
+@contextlib.asynccontextmanager
+async def fake_gateway(path: Path, reply: bytes) -> AsyncIterator[list[dict[str, Any]]]:
+    """A socket at `path` that records each request line and answers `reply`, then closes the connection."""
+    requests: list[dict[str, Any]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            requests.append(json.loads(await reader.readline()))
+            writer.write(reply)
+            await writer.drain()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    server = await asyncio.start_unix_server(serve, str(path))
+    try:
+        yield requests
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_request_and_the_gateways_answers_pass_through_unchanged(cni: Cni) -> None:
+    path = cni.gw.dir / "fake.sock"
+    config = cni.gw.config(socket=str(path), extra={"nested": [1, 2.5, None, "\u00fc<&>"]})
+    result = {"cniVersion": "1.0.0", "ips": [{"address": "10.9.0.9/32", "interface": 0}], "dns": {}}
+    async with fake_gateway(path, json.dumps({"ok": True, "result": result}).encode() + b"\n") as requests:
+        assert await cni.gw.exec("ADD", container_id="pass1", config=config) == (0, result)
+    env = {"CNI_CONTAINERID": "pass1", "CNI_NETNS": own_netns(), "CNI_IFNAME": "eth0",
+           "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-pass1;K8S_POD_UID=u1",
+           "CNI_PATH": str(cni.gw.plugin.parent)}
+    assert requests == [{"command": "ADD", "env": env, "config": config}]
+    error = {"code": 104, "msg": "ENICapacityExceed: no ENI left", "details": 'ENICapacityExceed {"node": "n"}'}
+    async with fake_gateway(path, json.dumps({"ok": False, "error": error}).encode() + b"\n"):
+        assert await cni.gw.exec("DEL", container_id="pass1", config=config) == (1, {"cniVersion": "1.0.0", **error})
+    async with fake_gateway(path, b'{"ok": true, "result": [1]}\n'):
+        assert await cni.gw.exec("ADD", container_id="pass1", config=config) == (0, {})
+    async with fake_gateway(path, b'{"ok": true}\n') as requests:
+        assert await cni.gw.exec("CHECK", container_id="pass1", config={**config, "prevResult": result}) == (0, None)
+    assert requests[0]["command"] == "CHECK" and requests[0]["config"]["prevResult"] == result
+
+
+BAD_REPLIES = [
+    ("no reply", b"", "closed the connection without a reply"),
+    ("not JSON", b"<html>\n", "not JSON"),
+    ("not an object", b"[1]\n", "not a JSON object"),
+    ("an error without a code", b'{"ok": false}\n', "without a code"),
+    ("a code that is not an integer", b'{"ok": false, "error": {"code": 1.5, "msg": "x"}}\n', "without a code"),
+]
+
+
+@pytest.mark.parametrize(("case", "reply", "words"), BAD_REPLIES, ids=[c[0] for c in BAD_REPLIES])
+async def test_a_reply_the_plugin_cannot_read_is_an_io_failure(cni: Cni, case: str, reply: bytes,
+                                                               words: str) -> None:
+    path = cni.gw.dir / "fake.sock"
+    async with fake_gateway(path, reply):
+        code, error = await cni.gw.exec("ADD", container_id="bad-reply", config=cni.gw.config(socket=str(path)))
+    assert code == 1 and error is not None
+    assert (error["cniVersion"], error["code"]) == ("1.0.0", 5) and words in error["msg"], error
+    assert set(error) == {"cniVersion", "code", "msg", "details"}
 
 
 # ---- DEL ---------------------------------------------------------------------------------------------------------
@@ -332,7 +421,7 @@ async def test_each_request_is_logged_with_its_container_id_and_duration(cni: Cn
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     with structlog.testing.capture_logs() as logs:
         assert (await cni.gw.exec("ADD", container_id="log1"))[0] == 0
-        assert (await cni.gw.exec("DEL", container_id="log1", ifname="x" * 20))[0] == 1
+        assert (await cni.gw.exec("DEL", container_id="log1", env={"CNI_ARGS": "not-a-pair"}))[0] == 1
     done = [e for e in logs if e["event"] == "cni request"]
     failed = [e for e in logs if e["event"] == "cni request failed"]
     assert done[-1]["container_id"] == "log1" and done[-1]["command"] == "ADD" and done[-1]["duration_ms"] > 0
@@ -351,8 +440,8 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 # ---- the gateway as a process --------------------------------------------------------------------------------------
 
 
-async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(settings: ChassisSettings,
-                                                                              bus: Bus) -> None:
+async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(
+        settings: ChassisSettings, bus: Bus, cni_plugin: PluginChoice) -> None:
     import signal
     import sys
 
@@ -362,7 +451,8 @@ async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(se
     gw = GatewayUnderTest(gateway_settings(settings, root), root)
     env = {**os.environ, "CCE_NATS_URL": settings.nats_url, "CCE_NODE": NODE, "CCE_CNI_SOCKET": str(gw.socket),
            "CCE_CNI_BIN_DIR": str(root / "bin"), "CCE_CNI_CONF_DIR": str(root / "conf"),
-           "CCE_CNI_STATE_DIR": str(root / "state"), "CCE_CNI_CHAIN": "portmap", "CCE_LOG_LEVEL": "warning"}
+           "CCE_CNI_STATE_DIR": str(root / "state"), "CCE_CNI_CHAIN": "portmap", "CCE_LOG_LEVEL": "warning",
+           **cni_plugin.env}
     ipam, datapath = FakeIpam(bus), FakeDatapath(bus)
     await ipam.start()
     await datapath.start()
@@ -379,6 +469,7 @@ async def test_the_gateway_process_installs_on_start_serves_and_stops_cleanly(se
         assert stat.S_IMODE(gw.socket.stat().st_mode) == 0o600
         conflist = json.loads((root / "conf" / "10-cce.conflist").read_text())
         assert [p["type"] for p in conflist["plugins"]] == ["cce", "portmap"]
+        assert gw.plugin.read_bytes().startswith(b"\x7fELF" if cni_plugin.kind == "native" else b"#!")
         code, result = await gw.exec("ADD", container_id="proc1")
         assert code == 0 and result is not None and result["ips"][0]["address"] == f"{SUBNET[11]}/32"
         assert await gw.exec("DEL", container_id="proc1", netns="") == (0, None)
@@ -405,3 +496,50 @@ def test_the_gateway_refuses_to_start_without_a_node() -> None:
 
     with pytest.raises(pydantic.ValidationError, match="CCE_NODE is required"):
         GatewaySettings(node="")
+
+
+# ---- the native plugin needs nothing but itself and the gateway's socket ------------------------------------------
+
+
+@pytest.fixture
+def pod_netns() -> Iterator[str]:
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2 (ip) for the pod's network namespace")
+    name = f"cce-jail-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@NEEDS_ROOT
+async def test_the_native_plugin_adds_a_pod_from_a_chroot_holding_only_itself_and_the_socket(
+        settings: ChassisSettings, bus: Bus, native_plugin: Path, pod_netns: str) -> None:
+    """No Python, no libc, no /proc, no /dev: a static executable and the gateway's socket, nothing else."""
+    chroot = shutil.which("chroot")
+    if chroot is None:
+        pytest.skip("needs chroot (coreutils)")
+    jail = short_tmpdir()
+    try:
+        async with cni_stack(settings, bus, cni_socket=jail / "run" / "cni.sock", cni_plugin="native",
+                             cni_plugin_binary=native_plugin) as cni:
+            shutil.copy2(native_plugin, jail / "cce")
+            assert sorted(str(p.relative_to(jail)) for p in jail.rglob("*")) == ["cce", "run", "run/cni.sock"]
+            inside = [chroot, str(jail), "/cce"]
+            config = cni.gw.config(socket="/run/cni.sock")  # the gateway's socket, as seen from inside
+            code, version = await cni.gw.exec("VERSION", argv=inside)
+            assert code == 0 and version == {"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}
+
+            code, result = await cni.gw.exec("ADD", container_id="jailed1", netns=pod_netns, config=config,
+                                             argv=inside)
+            assert code == 0, result
+            assert result is not None and result["ips"][0]["address"] == f"{SUBNET[11]}/32"
+            assert result["interfaces"][1]["sandbox"] == pod_netns
+            assert cni.ipam.verbs("confirm") == ["jailed1"]
+            code, out = await cni.gw.exec("DEL", container_id="jailed1", netns=pod_netns,
+                                          config={**config, "prevResult": result}, argv=inside)
+            assert (code, out) == (0, None)
+            assert await cni.ipam.keys() == []
+    finally:
+        shutil.rmtree(jail, ignore_errors=True)

@@ -1,10 +1,11 @@
 """The libcni-like harness (cce_net/cni_runtime.py) and the install-cni command.
 
 Component tier (no root): the harness against tiny recording plugins (order, prevResult, runtimeConfig, errors,
-cache), and `cce-net install-cni` (idempotent, keeps user plugins).
+cache), and `cce-net install-cni` (idempotent, keeps user plugins, installs the chosen plugin).
 Privileged tier (root, /usr/lib/cni from Debian's containernetworking-plugins): our plugin chained with the
 reference portmap and bandwidth on real network namespaces, through the in-process gateway on a real nats-server
-with a stand-in datapath that really creates the pod's veth.
+with a stand-in datapath that really creates the pod's veth. Tests of our plugin run against both plugins, the
+Python one and the native one (tests/cni_plugins.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from cce_net.cni_runtime import CniError, CniNetwork, CniRuntime, RuntimeConf, c
 from cce_net.stack import REFERENCE_PLUGINS
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
+from services.cni_gateway import install
+from tests.cni_plugins import PluginChoice
 from tests.privileged import NEEDS_CHAIN_PLUGINS
 from tests.test_cni_fakes import Cni, cni_stack
 
@@ -128,10 +131,11 @@ def test_cni_network_lets_the_caller_keep_the_result(recorders: Path, tmp_path: 
     assert len(network.timings) == 6
 
 
-def test_install_cni_is_idempotent_and_keeps_user_plugins(tmp_path: Path) -> None:
+def test_install_cni_is_idempotent_and_keeps_user_plugins(tmp_path: Path, cni_plugin: PluginChoice) -> None:
     runner = CliRunner()
+    chosen = ["--plugin", cni_plugin.kind, *(["--plugin-binary", str(cni_plugin.binary)] if cni_plugin.binary else [])]
     args = ["install-cni", "--node", "node-1", "--bin-dir", str(tmp_path / "bin"), "--conf-dir",
-            str(tmp_path / "conf"), "--chain", "portmap,bandwidth"]
+            str(tmp_path / "conf"), *chosen, "--chain", "portmap,bandwidth"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     conflist_path = tmp_path / "conf" / "10-cce.conflist"
@@ -142,7 +146,11 @@ def test_install_cni_is_idempotent_and_keeps_user_plugins(tmp_path: Path) -> Non
     assert conflist["plugins"][2]["capabilities"] == {"bandwidth": True}
     plugin = tmp_path / "bin" / "cce"
     assert stat.S_IMODE(plugin.stat().st_mode) == 0o755
-    assert plugin.read_text().startswith(f"#!{os.path.realpath(sys.executable)} -IS\n")
+    if cni_plugin.binary is None:
+        assert plugin.read_text().startswith(f"#!{os.path.realpath(sys.executable)} -IS\n")
+    else:
+        assert plugin.read_bytes() == cni_plugin.binary.read_bytes()
+    assert f"({cni_plugin.kind})" in first.output
 
     conflist["plugins"].insert(2, {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}})
     conflist_path.write_text(json.dumps(conflist))
@@ -157,6 +165,35 @@ def test_install_cni_is_idempotent_and_keeps_user_plugins(tmp_path: Path) -> Non
     assert (conflist_path.stat().st_mtime_ns, plugin.stat().st_mtime_ns) == before
     bad = runner.invoke(app, [*args[:-2], "--chain", "nosuch"])
     assert bad.exit_code == 1
+
+
+def test_auto_installs_the_native_plugin_when_built_and_python_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native_plugin: Path) -> None:
+    built = tmp_path / "build" / "cce"
+    monkeypatch.setattr(install, "NATIVE_BUILD", built)
+    bin_dir, conf_dir = tmp_path / "bin", tmp_path / "conf"
+    without = install.install_cni(bin_dir, conf_dir, "node-1")
+    assert (without.kind, without.plugin_changed) == ("python", True)
+    with pytest.raises(install.InstallError, match="make cni-plugin"):
+        install.install_cni(bin_dir, conf_dir, "node-1", plugin_kind="native")
+
+    built.parent.mkdir()
+    built.write_bytes(native_plugin.read_bytes())
+    switched = install.install_cni(bin_dir, conf_dir, "node-1")
+    assert (switched.kind, switched.plugin_changed) == ("native", True)
+    assert switched.plugin.read_bytes() == native_plugin.read_bytes()
+    inode = switched.plugin.stat().st_ino
+    again = install.install_cni(bin_dir, conf_dir, "node-1", plugin_kind="native")
+    assert (again.kind, again.changed) == ("native", False) and again.plugin.stat().st_ino == inode
+    back = install.install_cni(bin_dir, conf_dir, "node-1", plugin_kind="python")
+    assert (back.kind, back.plugin_changed) == ("python", True) and back.plugin.read_bytes().startswith(b"#!")
+
+    not_elf = tmp_path / "not-a-binary"
+    not_elf.write_text("#!/bin/sh\n")
+    with pytest.raises(install.InstallError, match="not an executable"):
+        install.install_cni(bin_dir, conf_dir, "node-1", plugin_binary=not_elf)
+    with pytest.raises(install.InstallError, match="cannot be read"):
+        install.install_cni(bin_dir, conf_dir, "node-1", plugin_binary=tmp_path / "missing")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,9 +220,11 @@ def namespaces() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-async def chained(settings: ChassisSettings, bus: Bus, namespaces: tuple[str, str]) -> AsyncIterator[Cni]:
+async def chained(settings: ChassisSettings, bus: Bus, namespaces: tuple[str, str],
+                  cni_plugin: PluginChoice) -> AsyncIterator[Cni]:
     node, _ = namespaces
-    async with cni_stack(settings, bus, node_netns=node, cni_chain="portmap,bandwidth", call_timeout_s=5.0) as stack:
+    async with cni_stack(settings, bus, node_netns=node, cni_chain="portmap,bandwidth", call_timeout_s=5.0,
+                         **cni_plugin.settings) as stack:
         yield stack
 
 

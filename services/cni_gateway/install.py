@@ -1,8 +1,12 @@
 """Install the CNI plugin binary and the network configuration list, as a node agent does on start.
 
-The plugin goes to `<bin_dir>/cce` (mode 0755) with the shebang `#!<absolute interpreter> -IS` (isolated, no
-site: a Linux shebang passes everything after the interpreter as one argument, so the flags are joined). The
-conflist goes to `<conf_dir>/10-cce.conflist`:
+The plugin goes to `<bin_dir>/cce` (mode 0755), one of two that speak the same protocol to the gateway:
+- native: the static Go executable built by `make cni-plugin` (`build/cni/cce` of this checkout, or the file named
+  by `CCE_CNI_PLUGIN_BINARY` / `--plugin-binary`), copied as it is;
+- python: `plugin.py` with the shebang `#!<absolute interpreter> -IS` (isolated, no site: a Linux shebang passes
+  everything after the interpreter as one argument, so the flags are joined).
+`auto` (the default) installs the native one when it has been built (or named) and the Python one otherwise.
+The conflist goes to `<conf_dir>/10-cce.conflist`:
 
     {"cniVersion": "1.0.0", "name": "cce",
      "plugins": [{"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1"},
@@ -31,6 +35,8 @@ CONFLIST_NAME = "10-cce.conflist"
 NETWORK_NAME = "cce"
 CONF_VERSION = "1.0.0"
 PLUGIN_SOURCE = Path(__file__).with_name("plugin.py")
+NATIVE_BUILD = Path(__file__).resolve().parents[2] / "build" / "cni" / "cce"  # `make cni-plugin` in this checkout
+PLUGIN_KINDS = ("auto", "native", "python")
 # Chained plugins we know how to configure: their capabilities (the runtime fills runtimeConfig from them).
 CHAINABLE: dict[str, dict[str, Any]] = {
     "portmap": {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -50,6 +56,7 @@ class Installed:
     conflist: Path
     plugin_changed: bool
     conflist_changed: bool
+    kind: str  # which plugin went to `plugin`: native or python
 
     @property
     def changed(self) -> bool:
@@ -69,18 +76,37 @@ def plugin_text(interpreter: str) -> str:
     return f"#!{interpreter} -IS\n{body}"
 
 
-def write_atomically(path: Path, content: str, mode: int) -> bool:
-    """Write `content` to `path` (mode `mode`) unless it is already there; True when the file changed."""
+def plugin_content(kind: str = "auto", binary: Path | None = None,
+                   interpreter: str | None = None) -> tuple[str, bytes]:
+    """The plugin to install, as (native or python, the file's bytes); `binary` defaults to NATIVE_BUILD."""
+    if kind not in PLUGIN_KINDS:
+        raise InstallError(f"unknown plugin {kind!r}; one of {', '.join(PLUGIN_KINDS)}")
+    if kind == "python" or (kind == "auto" and binary is None and not NATIVE_BUILD.is_file()):
+        return "python", plugin_text(interpreter or default_interpreter()).encode()
+    native = binary or NATIVE_BUILD
     try:
-        if path.read_text() == content and (path.stat().st_mode & 0o7777) == mode:
+        content = native.read_bytes()
+    except OSError as err:
+        hint = "" if binary else " (build it with `make cni-plugin`, which needs Go)"
+        raise InstallError(f"the native CNI plugin {native} cannot be read{hint}: {err.strerror}") from None
+    if not content.startswith(b"\x7fELF"):
+        raise InstallError(f"the native CNI plugin {native} is not an executable (ELF) file")
+    return "native", content
+
+
+def write_atomically(path: Path, content: str | bytes, mode: int) -> bool:
+    """Write `content` to `path` (mode `mode`) unless it is already there; True when the file changed."""
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == mode:
             return False
-    except (FileNotFoundError, UnicodeDecodeError):
+    except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(content)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -126,15 +152,18 @@ def read_conflist(path: Path) -> dict[str, Any] | None:
 
 
 def install_cni(bin_dir: Path, conf_dir: Path, node: str, socket: Path | str = DEFAULT_SOCKET,
-                chain: Sequence[str] = (), interpreter: str | None = None) -> Installed:
-    """Install (or update) `<bin_dir>/cce` and `<conf_dir>/10-cce.conflist`; idempotent."""
+                chain: Sequence[str] = (), interpreter: str | None = None, plugin_kind: str = "auto",
+                plugin_binary: Path | None = None) -> Installed:
+    """Install (or update) `<bin_dir>/cce` and `<conf_dir>/10-cce.conflist`; idempotent. `plugin_kind` and
+    `plugin_binary` choose the plugin (see plugin_content)."""
     if not node:
         raise InstallError("the node name is required")
     for name in chain:
         chain_entry(name)
+    kind, content = plugin_content(plugin_kind, plugin_binary, interpreter)
     plugin = Path(bin_dir) / PLUGIN_NAME
-    plugin_changed = write_atomically(plugin, plugin_text(interpreter or default_interpreter()), 0o755)
+    plugin_changed = write_atomically(plugin, content, 0o755)
     conflist_path = Path(conf_dir) / CONFLIST_NAME
     conflist = build_conflist(read_conflist(conflist_path), node, socket, chain)
     conflist_changed = write_atomically(conflist_path, json.dumps(conflist, indent=2) + "\n", 0o644)
-    return Installed(plugin, conflist_path, plugin_changed, conflist_changed)
+    return Installed(plugin, conflist_path, plugin_changed, conflist_changed, kind)

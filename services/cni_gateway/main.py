@@ -28,9 +28,10 @@ async def build(proc: ServiceProcess) -> CniGateway:
     settings = GatewaySettings.of(proc.settings)
     if settings.cni_bin_dir and settings.cni_conf_dir:
         installed = install_cni(settings.cni_bin_dir, settings.cni_conf_dir, settings.node, settings.cni_socket,
-                                settings.chain)
-        log.info("cni plugin installed", plugin=str(installed.plugin), conflist=str(installed.conflist),
-                 changed=installed.changed)
+                                settings.chain, plugin_kind=settings.cni_plugin,
+                                plugin_binary=settings.cni_plugin_binary)
+        log.info("cni plugin installed", plugin=str(installed.plugin), kind=installed.kind,
+                 conflist=str(installed.conflist), changed=installed.changed)
     journal = ReleaseJournal(settings.state_dir)
     gateway = Gateway(proc.bus, settings, await proc.cache(ENDPOINTS), await proc.store(NODES), journal)
     server = SocketServer(settings.cni_socket, gateway.handle, settings.max_request_bytes, settings.read_timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -15,6 +16,9 @@ class GatewaySettings(ChassisSettings):
     cni_socket: Path = Field(DEFAULT_SOCKET, description="the unix socket the CNI plugin talks to (mode 0600)")
     cni_bin_dir: Path | None = Field(None, description="when set (with cni_conf_dir), the plugin is installed here")
     cni_conf_dir: Path | None = Field(None, description="when set (with cni_bin_dir), the conflist is written here")
+    cni_plugin: Literal["auto", "native", "python"] = Field(
+        "auto", description="the plugin to install: native (Go, `make cni-plugin`), python, or auto (native if built)")
+    cni_plugin_binary: Path | None = Field(None, description="the native plugin to install (default: build/cni/cce)")
     cni_chain: str = Field("", description="plugins chained after ours in the conflist, e.g. 'portmap,bandwidth'")
     cni_state_dir: Path | None = Field(None, description="journal of pending releases; /var/lib/cce-net/<node>")
     allocate_wait_s: float = Field(10.0, ge=0, le=120, description="how long an ADD waits for the pool to refill")
