@@ -383,3 +383,24 @@ class EniProvision(Contract):
     updated_at: datetime = Field(default_factory=utcnow)
     detected_mode: NetworkMode | None = Field(
         None, description="the mode the instance allows when it differs from the registered one (ENI-less EBC)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pods: the network-relevant facts of each pod scheduled to a node, written by k8s_bridge from the Pod objects, so
+# cni_gateway and ipam learn a pod's options on ADD without a Kubernetes client.
+
+
+class PodInfo(Contract):
+    """Key: `<node>.<namespace>.<name>` (node in subject-token form), so a node's pods sit under its own prefix."""
+
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    uid: str = ""
+    node: NodeName
+    owner_kind: str = Field("", description="kind of the controlling owner (StatefulSet, ReplicaSet, Job...)")
+    owner_name: str = ""
+    host_network: bool = Field(False, description="the pod shares its node's network: it has no endpoint of ours")
+    annotations: dict[str, str] = Field(default_factory=dict, description="only the annotations the network reads")
+    labels: dict[str, str] = Field(default_factory=dict)
+    deleting: bool = Field(False, description="the pod object has a deletion timestamp")
+    updated_at: datetime = Field(default_factory=utcnow)

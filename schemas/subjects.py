@@ -36,6 +36,7 @@ from schemas.records import (
     NetResourceSet,
     NodeCidr,
     NodePool,
+    PodInfo,
     RouteRule,
     Subnet,
 )
@@ -46,6 +47,7 @@ ENI_MANAGER = "eni_manager"
 ROUTE_MANAGER = "route_manager"
 NODE_DATAPATH = "node_datapath"
 CNI_GATEWAY = "cni_gateway"
+K8S_BRIDGE = "k8s_bridge"
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,19 @@ ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as 
 LEASES = Bucket("cce_leases", Lease, "*", "<service>")
 POOLS = Bucket("cce_pools", NodePool, IPAM, "<node>")
 PROVISION = Bucket("cce_provision", EniProvision, ENI_MANAGER, "<node>")
+PODS = Bucket("cce_pods", PodInfo, K8S_BRIDGE, "<node>.<namespace>.<name>")
 
 BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, POOLS, ENIS, ENI_ON_NODE, PROVISION, SUBNETS, CIDR_POOL, NODE_CIDRS,
-                               ROUTES, LEASES)
+                               ROUTES, LEASES, PODS)
 
 
 def endpoint_key(node: str, container_id: str, ifname: str) -> str:
     return f"{subject_token(node)}.{container_id}.{ifname}"
+
+
+def pod_key(node: str, namespace: str, name: str) -> str:
+    """The key of a pod's PodInfo: under its node's prefix (namespaces have no '.', so the name is the rest)."""
+    return f"{subject_token(node)}.{namespace}.{name}"
 
 
 def cidr_key(cidr: object) -> str:
