@@ -1,0 +1,3 @@
+from services.k8s_bridge.main import main
+
+main()
