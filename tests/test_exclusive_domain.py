@@ -23,12 +23,13 @@ from schemas.records import (
     NodePool,
     NodeSpec,
     NodeStatus,
+    PodInfo,
     PoolDemand,
     PoolSettings,
     PrivateIp,
     Subnet,
 )
-from services.cni_gateway.domain import parse_request
+from services.cni_gateway.domain import parse_request, wants_exclusive_eni
 from services.eni_manager.domain import (
     AttachEni,
     CreateEni,
@@ -380,7 +381,16 @@ def test_a_pod_opts_in_to_an_exclusive_eni_through_cni_args(cni_args: str, wante
     req = parse_request({"command": "ADD", "config": {"cniVersion": "1.0.0", "name": "cce", "type": "cce-cni"},
                          "env": {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p", "CNI_IFNAME": "eth0",
                                  "CNI_ARGS": cni_args}})
-    assert req.wants_exclusive_eni is wanted
+    assert wants_exclusive_eni(req.args) is wanted
+
+
+@pytest.mark.parametrize(("annotation", "wanted"), [("true", True), ("True", True), ("false", False), (None, False)])
+def test_a_pod_opts_in_to_an_exclusive_eni_through_its_annotation_in_the_pods_record(annotation: str | None,
+                                                                                       wanted: bool) -> None:
+    pod = PodInfo(namespace="ns", name="p", uid="u", node=NODE,
+                  annotations={} if annotation is None else {"cce.io/exclusive-eni": annotation})
+    assert wants_exclusive_eni({}, pod) is wanted
+    assert wants_exclusive_eni({"CCE_EXCLUSIVE_ENI": "true"}, pod) is True
 
 
 def test_eni_manager_deletes_enis_marked_surplus_unless_a_pod_holds_one() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from schemas.errors import RETRYABLE, CceError, ErrorReason
 from schemas.messages import PodRef, SetupReply
-from schemas.records import CceEndpoint
+from schemas.records import CceEndpoint, PodInfo
 from services.cni_gateway.plugin import CURRENT_VERSION, SUPPORTED_VERSIONS
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
@@ -62,11 +62,12 @@ TRANSIENT: frozenset[ErrorReason] = RETRYABLE | {ErrorReason.NODE_NOT_REGISTERED
 class CniFailure(Exception):
     """A failure the plugin prints as a CNI error object."""
 
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
+    def __init__(self, code: int, msg: str, details: str = "", reason: ErrorReason | None = None) -> None:
         super().__init__(msg)
         self.code = int(code)
         self.msg = msg
         self.details = details
+        self.reason = reason  # the coded reason, when the failure came from one
 
     def error(self, version: str) -> dict[str, Any]:
         return {"cniVersion": version, "code": self.code, "msg": self.msg, "details": self.details}
@@ -84,7 +85,7 @@ def failure_of(err: CceError, doing: str = "") -> CniFailure:
     details = err.reason.value
     if err.details:
         details += " " + json.dumps(err.details, default=str, sort_keys=True)
-    return CniFailure(code_of(err.reason), f"{err.reason.value}: {prefix}{err.message}", details)
+    return CniFailure(code_of(err.reason), f"{err.reason.value}: {prefix}{err.message}", details, err.reason)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -123,9 +124,6 @@ class CniRequest:
     def attachment(self) -> Attachment:
         return Attachment(self.container_id, self.ifname)
 
-    @property
-    def wants_exclusive_eni(self) -> bool:
-        return wants_exclusive_eni(self.args)
 
 
 def decode_request(data: bytes) -> dict[str, Any]:
@@ -260,9 +258,16 @@ EXCLUSIVE_ANNOTATION_ARG = "K8S_POD_ANNOTATION_cce.io/exclusive-eni"
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 
 
-def wants_exclusive_eni(args: Mapping[str, str]) -> bool:
-    """Whether the pod asks for an exclusive ENI (`CCE_EXCLUSIVE_ENI=true` or the annotation `cce.io/exclusive-eni`)."""
-    return any(args.get(name, "").strip().lower() in TRUE_WORDS for name in (EXCLUSIVE_ARG, EXCLUSIVE_ANNOTATION_ARG))
+EXCLUSIVE_ANNOTATION = "cce.io/exclusive-eni"
+
+
+def wants_exclusive_eni(args: Mapping[str, str], pod: PodInfo | None = None) -> bool:
+    """Whether the pod asks for an exclusive ENI: `CCE_EXCLUSIVE_ENI=true`, or the annotation `cce.io/exclusive-eni`
+    as a runtime passes it in CNI_ARGS or as the pod's record (from its object) carries it."""
+    said = [args.get(name, "") for name in (EXCLUSIVE_ARG, EXCLUSIVE_ANNOTATION_ARG)]
+    if pod is not None:
+        said.append(pod.annotations.get(EXCLUSIVE_ANNOTATION, ""))
+    return any(word.strip().lower() in TRUE_WORDS for word in said)
 
 
 def pod_of(args: Mapping[str, str], container_id: str) -> PodRef:

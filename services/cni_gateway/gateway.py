@@ -11,11 +11,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from chassis.bus import Bus
+from chassis.events import EventPublisher
 from chassis.kv import KvCache, Store
 from chassis.logs import get_logger
 from chassis.rpc import call
 from schemas.base import subject_token, utcnow
 from schemas.errors import CceError, ErrorReason
+from schemas.events import EventKind
 from schemas.messages import (
     AllocateReply,
     AllocateRequest,
@@ -27,7 +29,7 @@ from schemas.messages import (
     SetupRequest,
     TeardownRequest,
 )
-from schemas.records import CceEndpoint, NetResourceSet
+from schemas.records import CceEndpoint, NetResourceSet, PodInfo
 from schemas.subjects import (
     DATAPATH_CHECK,
     DATAPATH_SETUP,
@@ -36,6 +38,7 @@ from schemas.subjects import (
     IPAM_CONFIRM,
     IPAM_RELEASE,
     endpoint_key,
+    pod_key,
 )
 from services.cni_gateway import domain
 from services.cni_gateway.domain import Attachment, CniCode, CniFailure, CniRequest
@@ -54,7 +57,8 @@ class Gateway:
     def __init__(self, bus: Bus, settings: GatewaySettings, endpoints: KvCache[CceEndpoint],
                  nodes: Store[NetResourceSet], journal: ReleaseJournal,
                  netns_of: Callable[[str], NetnsState] = netns_state,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, *, events: EventPublisher | None = None,
+                 pods: Store[PodInfo] | None = None) -> None:
         self.bus = bus
         self.settings = settings
         self.node = settings.node
@@ -63,6 +67,8 @@ class Gateway:
         self.journal = journal
         self.netns_of = netns_of
         self.clock = clock
+        self.events = events  # ADD failures are told on the bus (k8s_bridge makes them Events on the pod)
+        self.pods = pods  # the pods' facts k8s_bridge keeps: the annotations a pod's ADD honours
         self.busy: dict[Attachment, asyncio.Lock] = {}
         self._users: dict[Attachment, int] = {}
 
@@ -108,7 +114,11 @@ class Gateway:
             return {}
         async with self._serialized(req.attachment):
             if req.command == "ADD":
-                return await self.add(req)
+                try:
+                    return await self.add(req)
+                except CniFailure as failure:
+                    await self._tell_add_failed(req, failure)
+                    raise
             if req.command == "DEL":
                 await self.delete(req)
             else:
@@ -146,12 +156,13 @@ class Gateway:
         assert req.pod is not None
         if self.journal.remove(req.container_id, req.ifname):
             log.info("pending release superseded by a new ADD", container_id=req.container_id, ifname=req.ifname)
+        info = await self._pod_info(req)
         wait_s = self.settings.allocate_wait_s
         try:
             allocated: AllocateReply = await call(
                 self.bus, IPAM_ALLOCATE,
                 AllocateRequest(node=self.node, container_id=req.container_id, ifname=req.ifname, pod=req.pod,
-                                wait_s=wait_s, exclusive=req.wants_exclusive_eni),
+                                wait_s=wait_s, exclusive=domain.wants_exclusive_eni(req.args, info)),
                 timeout=wait_s + self.settings.call_timeout_s)
         except CceError as err:
             raise domain.failure_of(err, "allocate") from None
@@ -177,6 +188,33 @@ class Gateway:
             await asyncio.shield(self._undo(req, endpoint))
             raise
         return domain.build_result(req.version, setup)
+
+    async def _pod_info(self, req: CniRequest) -> PodInfo | None:
+        """The pod's facts from k8s_bridge (None without them). A pod just created may not be there yet: with
+        `pod_info_wait_s`, the ADD waits that long for its record (of the same uid, when the runtime gave one)."""
+        if self.pods is None or req.pod is None or not req.args.get("K8S_POD_NAME"):
+            return None
+        key = pod_key(self.node, req.pod.namespace, req.pod.name)
+        deadline = time.monotonic() + self.settings.pod_info_wait_s
+        while True:
+            try:
+                item = await self.pods.get(key)
+            except Exception as err:  # the pod's options are a nicety; the ADD goes on without them
+                log.warning("cannot read the pod's record", key=key, error=repr(err))
+                return None
+            if item is not None and (not req.pod.uid or item.value.uid == req.pod.uid):
+                return item.value
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
+    async def _tell_add_failed(self, req: CniRequest, failure: CniFailure) -> None:
+        if self.events is None or req.pod is None:
+            return
+        await self.events.publish(
+            EventKind.ENDPOINT, "add-failed", node=self.node, object=self._key(req), message=failure.msg,
+            reason=failure.reason or ErrorReason.INTERNAL, namespace=req.pod.namespace, pod=req.pod.name,
+            pod_uid=req.pod.uid, container_id=req.container_id, cni_code=failure.code)
 
     async def _undo(self, req: CniRequest, endpoint: CceEndpoint) -> None:
         """Nothing of a failed ADD is left behind: tear the pod's network down and give the IP back."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from chassis.logs import get_logger
 from chassis.service import ServiceProcess, run
-from schemas.subjects import CNI_GATEWAY, ENDPOINTS, NODES
+from schemas.subjects import CNI_GATEWAY, ENDPOINTS, NODES, PODS
 from services.cni_gateway.gateway import Gateway
 from services.cni_gateway.install import install_cni
 from services.cni_gateway.journal import ReleaseJournal
@@ -33,7 +33,8 @@ async def build(proc: ServiceProcess) -> CniGateway:
         log.info("cni plugin installed", plugin=str(installed.plugin), kind=installed.kind,
                  conflist=str(installed.conflist), changed=installed.changed)
     journal = ReleaseJournal(settings.state_dir)
-    gateway = Gateway(proc.bus, settings, await proc.cache(ENDPOINTS), await proc.store(NODES), journal)
+    gateway = Gateway(proc.bus, settings, await proc.cache(ENDPOINTS), await proc.store(NODES), journal,
+                      events=proc.events, pods=await proc.store(PODS))
     server = SocketServer(settings.cni_socket, gateway.handle, settings.max_request_bytes, settings.read_timeout_s)
     await server.start()
     proc.health.add_check("journal", lambda: (True, f"{len(journal.pending())} pending releases"))

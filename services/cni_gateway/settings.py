@@ -28,6 +28,8 @@ class GatewaySettings(ChassisSettings):
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request line accepted")
     journal_retry_s: float = Field(2.0, gt=0, description="pending releases are retried this often")
     gc_grace_s: float = Field(30.0, ge=0, description="GC leaves endpoints younger than this alone")
+    pod_info_wait_s: float = Field(
+        0.0, ge=0, le=30, description="in a cluster with k8s_bridge: how long an ADD waits for its pod's record")
 
     @field_validator("node")
     @classmethod
