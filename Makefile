@@ -12,8 +12,10 @@ PYTEST_ARGS ?=
 # the native CNI plugin (cni/, Go): a static executable, installed instead of the Python one when built
 GO ?= $(shell command -v go || { test -x /usr/local/go/bin/go && echo /usr/local/go/bin/go; })
 CNI_PLUGIN := build/cni/cce
+# kube-apiserver and kubectl for the tests and `cce-net up --kube`, built from the Go module, cached per machine
+# (the release: tools/build-kube.sh's default, which cce_net/kubelocal.py names too)
 
-.PHONY: setup up up-detached down status lint typecheck api compose test bench cni-plugin clean
+.PHONY: setup up up-detached up-kube down status lint typecheck api compose manifests test bench cni-plugin kube-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11"; exit 1; }
@@ -29,6 +31,9 @@ up: setup
 
 up-detached: setup
 	$(VENV)/bin/cce-net up --detach --nodes $(NODES) --mode $(MODE)
+
+up-kube: setup kube-tools
+	$(VENV)/bin/cce-net up --kube --nodes $(NODES) --mode $(MODE)
 
 down:
 	$(VENV)/bin/cce-net down
@@ -48,9 +53,13 @@ api: setup
 compose: setup
 	$(VENV)/bin/cce-net compose
 
-test: setup lint typecheck
+manifests: setup
+	$(PY) -m services.k8s_bridge.manifests
+
+test: setup lint typecheck kube-tools
 	$(PY) -m schemas.apidoc --check
 	$(VENV)/bin/cce-net compose --check
+	$(PY) -m services.k8s_bridge.manifests --check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
@@ -65,6 +74,11 @@ $(CNI_PLUGIN): cni/go.mod cni/go.sum $(shell find cni -name '*.go')
 	mkdir -p $(dir $(CNI_PLUGIN))
 	cd cni && CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w' -o $(abspath $(CNI_PLUGIN)).tmp ./cmd/cce
 	mv $(CNI_PLUGIN).tmp $(CNI_PLUGIN)
+
+# Once per machine (~4-11 min on 2 cores, then cached): without Go the Kubernetes tests skip and say why.
+kube-tools:
+	@if [ -n "$(GO)" ]; then PATH="$$(dirname $(GO)):$$PATH" tools/build-kube.sh >/dev/null; \
+	else echo "make kube-tools: Go is not installed; the tests that need a Kubernetes API server will skip"; fi
 
 clean:
 	rm -rf $(VENV) .cce-state .pytest_cache .mypy_cache .ruff_cache build

@@ -26,7 +26,8 @@ from schemas.records import Eni, EniProvision, Lease, NetResourceSet, NodePool, 
 from schemas.subjects import ENIS, IPAM_ALLOCATE, LEASES, NODE_REGISTER, NODES, POOLS, PROVISION
 from services.vpc_sim.server import SimServer
 
-MODULES = {"ipam": "services.ipam", "eni_manager": "services.eni_manager", "route_manager": "services.route_manager"}
+MODULES = {"ipam": "services.ipam", "eni_manager": "services.eni_manager", "route_manager": "services.route_manager",
+           "k8s_bridge": "services.k8s_bridge"}
 
 
 @dataclass

@@ -16,7 +16,8 @@ from chassis.bus import Bus
 from chassis.config import ChassisSettings
 from chassis.embedded_nats import EmbeddedNats
 from tests.cni_plugins import cni_plugin, native_plugin  # noqa: F401  (both CNI plugins)
-from tests.sim_fixtures import sim_admin, vpc_sim  # noqa: F401  (fixtures for every test module)
+from tests.kube import kube, kube_server  # noqa: F401  (fixtures for every test module)
+from tests.sim_fixtures import sim_admin, vpc_sim  # noqa: F401
 
 
 def _testcontainers_nats() -> Iterator[str]:
