@@ -85,9 +85,12 @@ def up(
     timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 60.0,
     pool: Annotated[str | None, typer.Option(help='pool settings of the simulated nodes as JSON, '
                                                   'e.g. \'{"cooldown_s": 5, "pre_allocate": 4}\'')] = None,
+    kube: Annotated[bool, typer.Option("--kube", help="with a local Kubernetes API server (`make kube-tools`): "
+                                                      "nodes join as Node objects through k8s_bridge")] = False,
 ) -> None:
     """Start the local stack: NATS (embedded unless NATS_URL) and every service, one log file each.
-    As root, each simulated node also runs its node_datapath and cni_gateway (see `cce-net pod`)."""
+    As root, each simulated node also runs its node_datapath and cni_gateway (see `cce-net pod`).
+    With --kube, a local kube-apiserver + etcd too, and the simulated nodes register through their Node objects."""
     state_dir = state_dir.resolve()
     pool_settings = _pool_settings(pool)
     existing = stack_mod.read_state(state_dir)
@@ -95,10 +98,17 @@ def up(
         err_console.print(f"a stack is already running from {state_dir} (pid {existing['supervisor_pid']}); "
                           "run `cce-net down` first")
         raise typer.Exit(1)
+    if kube:
+        from cce_net.kubelocal import missing_parts
+
+        missing = missing_parts()
+        if missing:
+            err_console.print("[red]--kube needs a local API server; missing: " + "; ".join(missing) + "[/red]")
+            raise typer.Exit(1)
     if detach:
-        _up_detached(nodes, mode, state_dir, nats_url, timeout, pool)
+        _up_detached(nodes, mode, state_dir, nats_url, timeout, pool, kube)
         return
-    _up_foreground(nodes, mode, state_dir, nats_url, timeout, pool_settings)
+    _up_foreground(nodes, mode, state_dir, nats_url, timeout, pool_settings, kube)
 
 
 def _pool_settings(text: str | None) -> dict[str, Any] | None:
@@ -116,7 +126,7 @@ def _pool_settings(text: str | None) -> dict[str, Any] | None:
 
 
 def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
-                   timeout: float, pool: dict[str, Any] | None) -> None:
+                   timeout: float, pool: dict[str, Any] | None, kube: bool) -> None:
     stop = {"now": False}
 
     def on_signal(*_: object) -> None:
@@ -125,7 +135,7 @@ def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     local = stack_mod.LocalStack(state_dir, nodes=nodes, mode=mode.value, nats_url=nats_url,
-                                 say=lambda m: console.print(m), pool=pool)
+                                 say=lambda m: console.print(m), pool=pool, kube=kube)
     try:
         local.start(timeout)
     except Exception as err:
@@ -145,7 +155,7 @@ def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str
 
 
 def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
-                 timeout: float, pool: str | None) -> None:
+                 timeout: float, pool: str | None, kube: bool) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / stack_mod.STATE_FILE).unlink(missing_ok=True)
     args = [sys.executable, "-m", "cce_net", "up", "--nodes", str(nodes), "--mode", mode.value,
@@ -154,6 +164,8 @@ def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str |
         args += ["--nats-url", nats_url]
     if pool:
         args += ["--pool", pool]
+    if kube:
+        args.append("--kube")
     log = state_dir / "up.log"
     with open(log, "ab") as out:
         sup = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -184,6 +196,10 @@ def _print_stack(state: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"simulated VPC: {state.get('sim_url')} (`cce-net sim info`); nodes: {state.get('nodes')}  "
                   f"mode: {state.get('mode')}")
+    kube = state.get("kube")
+    if kube:
+        console.print(f"Kubernetes API server: {kube['url']}\n  export KUBECONFIG={kube['kubeconfig']}\n"
+                      f"  {kube['kubectl']} get nrs,cep,sbn -A   (or `cce-net kubectl get nrs,cep -A`)")
 
 
 @app.command()
@@ -251,6 +267,17 @@ def svc_ls(
         print(json.dumps(services, indent=2, default=str))
     else:
         render_services(services, console)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def kubectl(ctx: typer.Context, state_dir: StateDir = DEFAULT_STATE) -> None:
+    """kubectl (the one `make kube-tools` built) against the local stack's API server (`cce-net up --kube`)."""
+    state = stack_mod.read_state(state_dir.resolve()) or {}
+    kube = state.get("kube")
+    if not kube:
+        err_console.print(f"no local stack with a Kubernetes API server runs from {state_dir} (`cce-net up --kube`)")
+        raise typer.Exit(1)
+    os.execv(kube["kubectl"], [kube["kubectl"], f"--kubeconfig={kube['kubeconfig']}", *ctx.args])
 
 
 @app.command("install-cni")

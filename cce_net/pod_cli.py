@@ -33,11 +33,21 @@ def _fail(err: PodError) -> typer.Exit:
 
 @pod_app.command("add")
 def add(ref: Ref, node: Annotated[str, typer.Option(help="the simulated node, e.g. node-1")],
+        annotation: Annotated[list[str] | None, typer.Option(
+            "--annotation", "-a", help="KEY=VALUE on the pod (repeatable), e.g. cce.io/exclusive-eni=true")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the CNI result")] = False,
         state_dir: StateDir = DEFAULT_STATE) -> None:
-    """Create the pod's network namespace and run CNI ADD for it on the node."""
+    """Create the pod's network namespace and run CNI ADD for it on the node (with `up --kube`, its Pod object
+    first, as kubelet's world does)."""
+    annotations = {}
+    for item in annotation or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            err_console.print(f"[red]--annotation {item!r}: expected KEY=VALUE[/red]")
+            raise typer.Exit(2)
+        annotations[key] = value
     try:
-        record = Pods(state_dir.resolve()).add(ref, node)
+        record = Pods(state_dir.resolve()).add(ref, node, annotations)
     except PodError as err:
         raise _fail(err) from None
     if as_json:

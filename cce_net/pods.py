@@ -44,6 +44,8 @@ class PodRecord:
     ifname: str = "eth0"
     result: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    annotations: dict[str, str] = field(default_factory=dict)
+    kube: bool = False  # a Pod object stands for it in the local stack's API server
 
     @property
     def netns_path(self) -> str:
@@ -55,8 +57,12 @@ class PodRecord:
 
     @property
     def cni_args(self) -> str:
-        return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.namespace};K8S_POD_NAME={self.name};"
+        """kubelet's CNI_ARGS; without a Pod object, the annotations travel as a runtime that passes them would."""
+        args = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.namespace};K8S_POD_NAME={self.name};"
                 f"K8S_POD_INFRA_CONTAINER_ID={self.container_id};K8S_POD_UID={self.uid}")
+        if not self.kube:
+            args += "".join(f";K8S_POD_ANNOTATION_{k}={v}" for k, v in sorted(self.annotations.items()))
+        return args
 
     def view(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "name": self.name, "node": self.node, "netns": self.netns_path,
@@ -133,7 +139,18 @@ class Pods:
         # (portmap, bandwidth) change the host side of the pod there
         return CniNetwork.load(Path(info["conf_dir"]) / CONFLIST, cni_path, exec_netns=str(NETNS_DIR / info["netns"]))
 
-    def add(self, ref: str, node: str) -> PodRecord:
+    def _kube(self) -> Any:
+        """An admin client of the stack's API server (`cce-net up --kube`), else None."""
+        kube = (stack_mod.read_state(self.state_dir) or {}).get("kube")
+        if not kube:
+            return None
+        from cce_net.kubelocal import KubeAdmin
+
+        return KubeAdmin(Path(kube["kubeconfig"]))
+
+    def add(self, ref: str, node: str, annotations: dict[str, str] | None = None) -> PodRecord:
+        """As kubelet's world does it: with an API server, the Pod object first (bound to the node), then the ADD
+        with its uid; the pod's annotations reach the network through its object (or CNI_ARGS without one)."""
         namespace, name = parse_ref(ref)
         info = self._node(node)
         existing = self.store.get(namespace, name)
@@ -141,8 +158,16 @@ class Pods:
             if existing.result is not None:
                 return existing
             self.delete(ref)  # a half-done ADD: start over
+        kube = self._kube()
+        uid = str(uuid.uuid4())
+        if kube is not None:
+            try:
+                uid = kube.create_pod(namespace, name, node, annotations)
+            finally:
+                kube.close()
         record = PodRecord(namespace=namespace, name=name, node=node, netns=netns_name(self.state_dir, namespace, name),
-                           container_id=secrets.token_hex(32), uid=str(uuid.uuid4()))
+                           container_id=secrets.token_hex(32), uid=uid, annotations=dict(annotations or {}),
+                           kube=kube is not None)
         self.store.put(record)
         create_netns(record.netns)
         network = self._network(info)
@@ -180,6 +205,12 @@ class Pods:
             raise PodError(f"DEL {record.namespace}/{record.name} failed (run `cce-net pod del` again): {err}",
                            getattr(err, "error", None)) from None
         remove_netns(record.netns)
+        kube = self._kube() if record.kube else None
+        if kube is not None:
+            try:
+                kube.delete_pod(record.namespace, record.name)  # kubelet has finished with it
+            finally:
+                kube.close()
         self.store.delete(record)
 
     def _get(self, ref: str) -> PodRecord:

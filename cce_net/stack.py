@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cce_net.kubelocal import LocalKube
 from cce_net.topology import SERVICES, SIM_SERVICE, ServiceDef, resolve_env
 from chassis.embedded_nats import EmbeddedNats, free_port
 from chassis.procs import parent_death_signal
@@ -60,6 +62,8 @@ class LocalStack:
     node_services_off: str = ""  # why simulated nodes run without their node services (empty: they run)
     pool: dict[str, Any] | None = None  # PoolSettings fields the simulated nodes register with
     max_enis: int | None = field(default_factory=lambda: env_max_enis())  # ENI quota of the simulated nodes
+    kube: bool = False  # a local Kubernetes API server; nodes come from Node objects through k8s_bridge
+    kube_server: LocalKube | None = None
 
     @property
     def url(self) -> str:
@@ -75,9 +79,9 @@ class LocalStack:
             for (svc, i), port in zip(self._instances(), _distinct_free_ports(len(self._instances())), strict=True)
         ]
 
-    @staticmethod
-    def _instances() -> list[tuple[ServiceDef, int]]:
-        return [(svc, i) for svc in SERVICES if not svc.per_node for i in range(svc.replicas)]
+    def _instances(self) -> list[tuple[ServiceDef, int]]:
+        return [(svc, i) for svc in SERVICES if not svc.per_node and (self.kube or not svc.kube)
+                for i in range(svc.replicas)]
 
     @property
     def sim_url(self) -> str:
@@ -99,6 +103,8 @@ class LocalStack:
         if proc.service.name == SIM_SERVICE:
             env.setdefault("CCE_SIM_STATE_FILE", str(self.state_dir / "vpc_sim.json"))
             env["CCE_SIM_FABRIC_PREFIX"] = self.fabric_prefix
+        if self.kube_server is not None:
+            env.update(kube_env(self.kube_server, proc.service, self.pool))
         return env
 
     @property
@@ -124,6 +130,8 @@ class LocalStack:
                                      log_file=self.state_dir / "logs" / "nats-server.log")
             (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
             self.nats.start()
+        if self.kube:
+            self.kube_server = start_kube(self.state_dir / "kube")
         self.procs = self.plan()
         for proc in self.procs:
             self._spawn(proc)
@@ -131,7 +139,11 @@ class LocalStack:
         self._wait_healthy(timeout)
         if self.sim_url:
             instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode, self.max_enis)
-            register_nodes(self.url, instances, self.mode, timeout, self.pool, self.max_enis)
+            if self.kube_server is not None:  # as a cluster's nodes join: their Node objects, which the bridge reads
+                create_node_objects(self.kube_server.kubeconfig, instances, self.mode, self.max_enis)
+                wait_registered(self.url, [inst["name"] for inst in instances], timeout)
+            else:
+                register_nodes(self.url, instances, self.mode, timeout, self.pool, self.max_enis)
             self._start_node_services(instances, timeout)
         self.write_state(ready=True)
 
@@ -160,6 +172,7 @@ class LocalStack:
                 "CCE_CNI_BIN_DIR": info["bin_dir"],
                 "CCE_CNI_CONF_DIR": info["conf_dir"],
                 "CCE_CNI_STATE_DIR": info["state_dir"],
+                **({"CCE_POD_INFO_WAIT_S": "2"} if self.kube_server is not None else {}),
             }
             for svc in (s for s in SERVICES if s.per_node):
                 proc = Proc(svc, 1, next(ports), self.state_dir / "logs" / f"{svc.name}-{node}.log", node=node,
@@ -220,6 +233,8 @@ class LocalStack:
                 proc.popen.wait()
         if self.nats is not None:
             self.nats.stop()
+        if self.kube_server is not None:
+            self.kube_server.stop()
         state = self.state_dir / STATE_FILE
         state.unlink(missing_ok=True)
 
@@ -237,6 +252,7 @@ class LocalStack:
             "fabric_prefix": self.fabric_prefix,
             "node_services_off": self.node_services_off,
             "node_info": self.node_info,
+            "kube": kube_state(self.kube_server) if self.kube_server is not None else None,
             "services": [
                 {"id": p.id, "service": p.service.name, "module": p.service.module, "node": p.node,
                  "pid": p.popen.pid if p.popen else None, "http": f"http://127.0.0.1:{p.http_port}",
@@ -332,6 +348,87 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
             await bus.close()
 
     asyncio.run(register_all())
+
+
+# ---- with a local Kubernetes API server (`cce-net up --kube`) ---------------------------------------------------
+
+
+def start_kube(state_dir: Path) -> LocalKube:
+    """etcd + kube-apiserver, with the CRDs and the bridge's ClusterRole applied (as a chart would install them)."""
+    from cce_net.kubelocal import apply_manifests
+    from services.k8s_bridge.manifests import BRIDGE_USER, bridge_binding, bridge_cluster_role, crd
+    from services.k8s_bridge.projection import KINDS
+
+    server = LocalKube(state_dir, service_users=(BRIDGE_USER,))
+    try:
+        server.start()
+        apply_manifests(server.kubeconfig, [*(crd(k) for k in KINDS), bridge_cluster_role(), bridge_binding()])
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def kube_env(server: LocalKube, service: ServiceDef, pool: dict[str, Any] | None) -> dict[str, str]:
+    """k8s_bridge runs as its own least-privilege user; `--pool` is the cluster's default there."""
+    if not service.kube:
+        return {}
+    from services.k8s_bridge.manifests import BRIDGE_USER
+
+    env = {"CCE_KUBECONFIG": str(server.kubeconfig_for(BRIDGE_USER)), "CCE_NODE_GONE_GRACE_S": "10",
+           "CCE_POD_GONE_GRACE_S": "10"}
+    if pool:
+        env["CCE_DEFAULT_POOL"] = json.dumps(pool)
+    return env
+
+
+def kube_state(server: LocalKube) -> dict[str, Any]:
+    return {"url": server.url, "kubeconfig": str(server.kubeconfig), "kubectl": str(server.kubectl),
+            "apiserver_pid": server.pids()["kube-apiserver"], "etcd_pid": server.pids()["etcd"],
+            "etcd_data": str(server.etcd_data) if server.etcd_data else None}
+
+
+def create_node_objects(kubeconfig: Path, instances: list[dict[str, Any]], mode: str, max_enis: int | None) -> None:
+    """A Node object per simulated instance, as its kubelet registers it: providerID, zone, kind, capacity."""
+    from cce_net.kubelocal import KubeAdmin
+
+    admin = KubeAdmin(kubeconfig)
+    try:
+        for inst in instances:
+            with_quota = max_enis is not None and inst["instanceType"] != "BBC"
+            labels = {"topology.kubernetes.io/zone": inst["zoneName"], "cce.io/network-mode": mode,
+                      "node.kubernetes.io/instance-type": inst["instanceType"]}
+            admin.create_node(inst["name"], f"cce://{inst['id']}", labels=labels,
+                              annotations={"cce.io/max-enis": str(max_enis)} if with_quota else {},
+                              cpu=str(inst["cpuCount"]), memory=f"{int(inst['memoryCapacityInGB'])}Gi")
+    finally:
+        admin.close()
+
+
+def wait_registered(nats_url: str, nodes: list[str], timeout: float) -> None:
+    """Until k8s_bridge has registered every node on the bus."""
+    import asyncio
+
+    from chassis.bus import Bus
+    from chassis.config import ChassisSettings
+    from chassis.kv import Store
+    from schemas.base import subject_token
+    from schemas.subjects import NODES
+
+    async def wait() -> None:
+        bus = await Bus.connect(ChassisSettings(nats_url=nats_url), name="cce-net-up")
+        try:
+            store = Store(await bus.bucket(NODES), NODES.record, NODES.name)
+            deadline = asyncio.get_running_loop().time() + timeout
+            for node in nodes:
+                while await store.get(subject_token(node)) is None:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise StackError(f"k8s_bridge did not register {node} within {timeout}s (see its log)")
+                    await asyncio.sleep(0.1)
+        finally:
+            await bus.close()
+
+    asyncio.run(wait())
 
 
 def _distinct_free_ports(count: int, avoid: set[int] | None = None) -> list[int]:
@@ -430,12 +527,19 @@ def down(state_dir: Path, grace: float = 20.0, say: Callable[[str], None] = prin
                  and s["module"] in _cmdline(s["pid"])]
     if pid_alive(state.get("nats_pid")) and "nats-server" in _cmdline(state["nats_pid"]):
         leftovers.append(state["nats_pid"])
+    kube: dict[str, Any] = state.get("kube") or {}
+    for key, word in (("apiserver_pid", "kube-apiserver"), ("etcd_pid", "etcd")):
+        pid = int(kube.get(key) or 0)
+        if pid_alive(pid) and word in _cmdline(pid):
+            leftovers.append(pid)
     for pid in leftovers:
         os.kill(pid, signal.SIGTERM)
     for pid in _wait_gone(leftovers, 10.0):
         say(f"pid {pid} ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
+    if kube.get("etcd_data"):
+        shutil.rmtree(kube["etcd_data"], ignore_errors=True)
     if os.geteuid() == 0:
         from cce_net.pods import remove_all
 

@@ -23,6 +23,7 @@ class ServiceDef:
     replicas: int = 1
     per_node: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    kube: bool = False  # needs a Kubernetes API server: runs with `cce-net up --kube` (compose has none)
 
     @property
     def argv(self) -> list[str]:
@@ -48,6 +49,8 @@ SERVICES: tuple[ServiceDef, ...] = (
                replicas=2, env=CLOUD_ENV),
     ServiceDef("route_manager", "services.route_manager", "node CIDRs and VPC routes (leader + standby)",
                replicas=2, env=CLOUD_ENV),
+    ServiceDef("k8s_bridge", "services.k8s_bridge", "Kubernetes objects <-> the network's records (leader + standby)",
+               replicas=2, env=CLOUD_ENV, kube=True),
     # One of each per node; on simulated nodes they target the node's namespace in the simulator's fabric.
     ServiceDef("node_datapath", "services.node_datapath", "programs the node: ENI links, pod veths, routes, rules",
                per_node=True),
@@ -79,7 +82,7 @@ def render_compose() -> dict[str, Any]:
         }
     }
     for svc in SERVICES:
-        if svc.per_node:
+        if svc.per_node or svc.kube:
             continue
         services[compose_name(svc.name)] = {
             "image": IMAGE,
