@@ -103,7 +103,7 @@ def api_client(kubeconfig: Path | None, pool_size: int) -> kclient.ApiClient:
 class KubeApi:
     """JSON requests to the API server on a thread pool; writes wait their turn in a token bucket."""
 
-    def __init__(self, client: kclient.ApiClient, workers: int = 8, qps: float = 50.0, burst: int = 100) -> None:
+    def __init__(self, client: kclient.ApiClient, workers: int = 8, qps: float = 100.0, burst: int = 200) -> None:
         self.client = client
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="kube-api")
         self.writes = TokenBucket(qps, burst)

@@ -20,8 +20,8 @@ class BridgeSettings(ChassisSettings):
         default_factory=lambda: Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None,
         description="kubeconfig file (CCE_KUBECONFIG, else KUBECONFIG); empty: the in-cluster service account")
     kube_workers: int = Field(8, ge=1, le=64, description="threads making Kubernetes API calls")
-    kube_qps: float = Field(50.0, gt=0, description="Kubernetes API writes per second (token bucket)")
-    kube_burst: int = Field(100, ge=1, description="burst of Kubernetes API writes")
+    kube_qps: float = Field(100.0, gt=0, description="Kubernetes API writes per second (token bucket)")
+    kube_burst: int = Field(200, ge=1, description="burst of Kubernetes API writes")
     watch_timeout_s: int = Field(300, ge=10, description="a watch is re-opened after this (server side timeout)")
 
     # cluster defaults, overridden per node by labels and annotations of ours
