@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cce_net import stack as stack_mod
+from schemas.base import NetworkMode
 from services.vpc_sim.admin import SimAdminError, SimAdminSync
 from services.vpc_sim.faults import SIM_APIS, FaultConfig, LatencySpec, RateLimitSpec
 
@@ -100,6 +101,33 @@ def add_node(
                                               eni_quota=eni_quota))
     console.print(f"instance {inst['id']} ({inst['name']}, {inst['instanceType']}) ip {inst['internalIp']} "
                   f"ENI quota {inst['eniQuota']}")
+
+
+@sim_app.command()
+def join(
+    nodes: Annotated[int, typer.Option(min=1, max=64, help="simulated nodes node-1..N")] = 2,
+    mode: Annotated[NetworkMode, typer.Option(help="the nodes' network mode")] = NetworkMode.VPC_ENI,
+    nats_url: Annotated[str | None, typer.Option("--nats-url", envvar="NATS_URL",
+                                                 help="NATS server (default: the local stack's)")] = None,
+    max_enis: Annotated[int | None, typer.Option(min=0, max=64, help="the instances' ENI quota")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for NATS and for ipam to answer")] = 60.0,
+    sim_url: SimUrl = None,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Create the simulated instances node-1..N that are missing and register each as a node on the bus, as its
+    agent does when it starts (idempotent: run it again and nothing changes). For stacks without Kubernetes and
+    node services, such as compose's."""
+    admin = _admin(sim_url, state_dir)
+    if not nats_url:
+        nats_url = str((stack_mod.read_state(state_dir.resolve()) or {}).get("nats_url") or "nats://127.0.0.1:4222")
+    instances = _run(lambda: stack_mod.ensure_sim_nodes(admin.url, nodes, mode.value, max_enis))
+    try:
+        stack_mod.register_nodes(nats_url, instances, mode.value, timeout, max_enis=max_enis)
+    except Exception as err:  # NATS unreachable, or ipam refused a node: said, not a traceback
+        err_console.print(f"[red]registration failed[/red]: {err or type(err).__name__}")
+        raise typer.Exit(1) from None
+    for inst in instances:
+        console.print(f"{inst['name']}: instance {inst['id']} ({inst['instanceType']}, {mode.value}) registered")
 
 
 @sim_app.command("add-subnet")

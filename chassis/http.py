@@ -1,7 +1,15 @@
-"""Per-process HTTP endpoint: `/healthz` (JSON, 200 or 503) and Prometheus `/metrics`."""
+"""Per-process HTTP endpoint: liveness `/livez`, readiness `/readyz` (and `/healthz`, its old name), Prometheus
+`/metrics`.
+
+- `/livez`: the process is alive: its event loop answers. It never depends on NATS or anything else outside the
+  process, so a bus outage does not make a supervisor (Kubernetes' liveness probe, compose) restart every replica.
+- `/readyz`: the process is serving: every readiness check passes (bus connected, wired, leader or standby...).
+  JSON, 200 or 503. `/healthz` is the same answer, kept for the tools and scripts that already ask it.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +24,16 @@ class HealthServer:
         self.host = host
         self.port = port
         self.identity = identity
-        self.checks: dict[str, HealthCheck] = {}
+        self.checks: dict[str, HealthCheck] = {}  # readiness checks
+        self.started_at = time.monotonic()
         self._runner: web.AppRunner | None = None
 
     def add_check(self, name: str, check: HealthCheck) -> None:
+        """A readiness check: `/readyz` (and `/healthz`) is 503 while it fails; `/livez` never looks at it."""
         self.checks[name] = check
 
     def report(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: (all checks pass, the JSON body)."""
         results: dict[str, Any] = {}
         healthy = True
         for name, check in self.checks.items():
@@ -34,7 +45,13 @@ class HealthServer:
             results[name] = {"ok": ok, "detail": detail}
         return healthy, {"status": "ok" if healthy else "unhealthy", **self.identity, "checks": results}
 
-    async def _healthz(self, _: web.Request) -> web.Response:
+    def liveness(self) -> dict[str, Any]:
+        return {"status": "ok", **self.identity, "uptime_s": round(time.monotonic() - self.started_at, 3)}
+
+    async def _livez(self, _: web.Request) -> web.Response:
+        return web.json_response(self.liveness())
+
+    async def _readyz(self, _: web.Request) -> web.Response:
         healthy, body = self.report()
         return web.json_response(body, status=200 if healthy else 503)
 
@@ -45,7 +62,9 @@ class HealthServer:
 
     async def start(self) -> int:
         app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/healthz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -12,6 +12,7 @@ import faulthandler
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from chassis.kv import ChangeHandler, KvCache, Store
 from chassis.leader import LeaderElector
 from chassis.logs import configure_logging, get_logger
 from chassis.rpc import RpcServer
+from chassis.settings_check import EXIT_BAD_SETTINGS, SettingsError, load_settings
 from schemas.base import Contract
 from schemas.events import EventKind
 from schemas.records import Lease
@@ -43,7 +45,7 @@ class ServiceProcess:
         self.id = settings.service_id or f"{name}-{socket.gethostname()}-{os.getpid()}"
         self.node = settings.node
         self.stopping = asyncio.Event()
-        self.ready = False  # set once the composition root has wired everything; /healthz is 503 before
+        self.ready = False  # set once the composition root has wired everything; /readyz is 503 before
         self.elector: LeaderElector | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: Bus | None = None
@@ -65,16 +67,26 @@ class ServiceProcess:
     async def start(self) -> None:
         configure_logging(self.settings.log_level, self.settings.log_json,
                           service=self.name, service_id=self.id, node=self.node)
-        self._bus = await Bus.connect(self.settings, name=self.id)
-        await self._bus.ensure_events_stream(self.settings.events_max_age_s)
-        self.events = EventPublisher(self._bus, source=self.id)
+        # /livez answers from here on, while the bus is still connecting: a NATS outage is not a dead process
         port = await self.health.start()
+        self.health.add_check("nats", self._nats_ready)
+        self.health.add_check("ready", lambda: (self.ready, "serving" if self.ready else "starting"))
+        try:
+            self._bus = await Bus.connect(self.settings, name=self.id)
+            await self._bus.ensure_events_stream(self.settings.events_max_age_s)
+        except BaseException:
+            await self.health.stop()
+            raise
+        self.events = EventPublisher(self._bus, source=self.id)
         metadata = {"id": self.id, "node": self.node, "http": f"http://{self.health.host}:{port}"}
         self._rpc = RpcServer(self._bus, self.name, VERSION, self.description, metadata)
         await self._rpc.start()
-        self.health.add_check("nats", lambda: (self.bus.connected, self.bus.nc.connected_url is not None))
-        self.health.add_check("ready", lambda: (self.ready, "serving" if self.ready else "starting"))
         log.info("service started", http_port=port, nats=self.settings.nats_url)
+
+    def _nats_ready(self) -> tuple[bool, str]:
+        if self._bus is None:
+            return False, "connecting"
+        return self._bus.connected, "connected" if self._bus.connected else "disconnected (reconnecting)"
 
     async def store(self, bucket: Bucket, model: type[R] | None = None) -> Store[R]:
         kv = await self.bus.bucket(bucket)
@@ -185,7 +197,12 @@ def run(
     wire: Callable[[ServiceProcess], Awaitable[None]],
     description: str = "",
 ) -> None:
-    """Entry point of a service's composition root: read settings once, serve until signalled."""
-    settings = settings_cls()
+    """Entry point of a service's composition root: read settings once, serve until signalled. Bad settings stop
+    the process at once (exit 2) with a line naming the setting."""
+    try:
+        settings = load_settings(settings_cls)
+    except SettingsError as err:
+        print(f"{name}: cannot start: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None
     asyncio.run(serve(name, settings, wire, description))
     faulthandler.cancel_dump_traceback_later()

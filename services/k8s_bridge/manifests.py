@@ -1,5 +1,6 @@
 """The Kubernetes objects the bridge needs installed: the CustomResourceDefinitions of the projections and the
-bridge's least-privilege ClusterRole. Defined here once; `deploy/crds/` and `deploy/rbac/` are generated from them
+bridge's least-privilege ClusterRole. Defined here once; `deploy/crds/` and `deploy/rbac/` are generated from them, and
+so are the Helm chart's `crds/` and the file its ClusterRole template reads its rules from
 (`python -m services.k8s_bridge.manifests`, `--check` in the tests), and `cce-net up --kube` applies them."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import yaml
 from services.k8s_bridge.projection import CEP, GROUP, KINDS, NRS, SBN, VERSION, Kind
 
 DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
+CHART = DEPLOY / "helm" / "cce-network"  # the Helm chart: crds/ and files/k8s-bridge-clusterrole.yaml come from here
 BRIDGE_USER = "cce-network:k8s-bridge"  # the identity of the bridge where no service account is used (local runs)
 BRIDGE_ROLE = "cce-network-k8s-bridge"
 
@@ -104,8 +106,12 @@ def files() -> dict[Path, str]:
     header = "# Generated from services/k8s_bridge/manifests.py; do not edit by hand.\n"
     out = {DEPLOY / "crds" / f"{GROUP}_{k.plural}.yaml": header + yaml.safe_dump(crd(k), sort_keys=False)
            for k in KINDS}
-    out[DEPLOY / "rbac" / "k8s-bridge-clusterrole.yaml"] = header + yaml.safe_dump(bridge_cluster_role(),
-                                                                                     sort_keys=False)
+    role = header + yaml.safe_dump(bridge_cluster_role(), sort_keys=False)
+    out[DEPLOY / "rbac" / "k8s-bridge-clusterrole.yaml"] = role
+    # the chart: CRDs in crds/ (installed before its templates), the rules its ClusterRole template reads
+    for kind in KINDS:
+        out[CHART / "crds" / f"{GROUP}_{kind.plural}.yaml"] = out[DEPLOY / "crds" / f"{GROUP}_{kind.plural}.yaml"]
+    out[CHART / "files" / "k8s-bridge-clusterrole.yaml"] = role
     return out
 
 
