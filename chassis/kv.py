@@ -7,7 +7,7 @@ import builtins
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -136,11 +136,7 @@ class Store(Generic[T]):
             while True:
                 entry = await watcher.updates(timeout=5.0)
                 if entry is None:
-                    # nats-py queues its "no more initial values" marker when the consumer reports nothing pending,
-                    # which is also true when the server has delivered messages this client has not processed yet:
-                    # the marker can come first. The end is only the end when every delivered message was read.
-                    sub = watcher._sub  # the watcher exposes no other way to ask
-                    if sub is None or seen >= (await sub.consumer_info()).delivered.consumer_seq:
+                    if await initial_values_read(watcher, seen):
                         break
                     continue
                 seen += 1
@@ -159,6 +155,14 @@ class Store(Generic[T]):
             return builtins.list(await self.kv.keys())
         except NoKeysError:
             return []
+
+
+async def initial_values_read(watcher: Any, seen: int) -> bool:
+    """Whether a watch's "no more initial values" marker means it. nats-py queues the marker when the consumer
+    reports nothing pending, which is also true when the server has delivered messages this client has not
+    processed yet: the marker can come first. The end is only the end when every delivered message was read."""
+    sub = watcher._sub  # the watcher exposes no other way to ask
+    return sub is None or seen >= (await sub.consumer_info()).delivered.consumer_seq
 
 
 ChangeHandler = Callable[[str, "Versioned[T] | None"], Awaitable[None] | None]
@@ -230,23 +234,26 @@ class KvCache(Generic[T]):
     async def _watch_once(self) -> None:
         watcher = await self.store.kv.watchall()
         loading: dict[str, Versioned[T]] | None = {}
+        seen = 0  # messages read while loading (delete markers included)
+        marker = False  # nats-py said "no more initial values" (maybe too early: see initial_values_read)
         try:
             while True:
                 # no wait_for here: on Python 3.11 it can swallow the cancellation that stops this loop
                 entry = await anext(watcher)
-                if entry is None:  # end of the initial values
-                    if loading is not None:
+                if loading is not None:
+                    if entry is None:
+                        marker = True
+                    else:
+                        seen += 1
+                        self._load(loading, entry)
+                    if marker and (entry is None or not entry.delta) and await initial_values_read(watcher, seen):
                         await self._replace(loading)
                         loading = None
                     continue
+                if entry is None:
+                    continue
                 deleted = entry.operation in (KV_DEL, KV_PURGE)
                 item = None if deleted else self.store._decode(entry.key, entry.value, entry.revision or 0)
-                if loading is not None:
-                    if item is not None:
-                        loading[entry.key] = item
-                    else:
-                        loading.pop(entry.key, None)
-                    continue
                 if item is None:
                     if self.items.pop(entry.key, None) is not None:
                         await self._emit(entry.key, None)
@@ -255,6 +262,14 @@ class KvCache(Generic[T]):
                     await self._emit(entry.key, item)
         finally:
             await watcher.stop()
+
+    def _load(self, loading: dict[str, Versioned[T]], entry: Any) -> None:
+        deleted = entry.operation in (KV_DEL, KV_PURGE)
+        item = None if deleted else self.store._decode(entry.key, entry.value, entry.revision or 0)
+        if item is not None:
+            loading[entry.key] = item
+        else:
+            loading.pop(entry.key, None)
 
     async def _replace(self, snapshot: dict[str, Versioned[T]]) -> None:
         previous, self.items = self.items, dict(snapshot)
