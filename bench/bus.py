@@ -8,6 +8,10 @@ Measured (sequential calls after a warm-up, latency per call with time.perf_coun
 * request/reply x64: the same with 64 concurrent callers (throughput under load);
 * KV compare-and-set: `Store.update(key, model, revision)` versus `kv.update(key, bytes, last=rev)`;
 * KV read + compare-and-set: `Store.mutate(key, fn)` versus `kv.get` + `kv.update`.
+* the cost of security: chassis request/reply (sequential and x64) against a second nats-server running the
+  configuration `cce-net up` generates (TLS, an identity per service and node with its least-privilege
+  permissions), a node's identity asking on `cce.ipam.v1.confirm.<node>` and ipam's serving it, next to the same
+  calls on the plain server.
 Each KV variant writes to a fresh bucket of its own. Client and server use separate connections.
 
 Run:  .venv/bin/python bench/bus.py [--n 2000] [--nats-url nats://host:4222]
@@ -191,6 +195,53 @@ def report(results: list[Result]) -> None:
               f"  ops/s x{c.ops / raw.ops:.2f}")
 
 
+SECURED_ECHO = RequestSubject("confirm", "cce.ipam.v1.confirm", EchoRequest, EchoReply, "ipam", "bench echo")
+
+
+async def bench_security(plain_url: str, tmp: Path, n: int, warmup: int) -> None:
+    """Request/reply through the chassis with TLS and per-identity permissions, next to the plain server's."""
+    from cce_net.natsauth import BusSecurity
+    from schemas.permissions import node_identity, service_identity
+
+    security = BusSecurity(tmp / "bus")
+    security.ensure([NODE])
+
+    def config(host: str, port: int, store: Path) -> str:
+        return security.server_config(host=host, port=port, store_dir=store, name="bench-secure")
+
+    results: list[Result] = []
+    with EmbeddedNats(tmp / "secure-nats", config=config, tls=True) as secure:
+        for variant, url, server_creds, client_creds, ca in (
+                ("plain", plain_url, None, None, None),
+                ("tls+auth", secure.url, security.creds_path(service_identity("ipam")),
+                 security.creds_path(node_identity(NODE)), security.ca_file)):
+            proc = ServiceProcess("ipam", ChassisSettings(nats_url=url, nats_creds=server_creds, nats_tls_ca=ca,
+                                                          log_level="warning"))
+            await proc.start()
+
+            async def handler(req: EchoRequest) -> EchoReply:
+                return EchoReply(n=req.n, ip="10.0.0.1")
+
+            await proc.rpc.add(SECURED_ECHO, handler)
+            client = await Bus.connect(ChassisSettings(nats_url=url, nats_creds=client_creds, nats_tls_ca=ca),
+                                       name="bench-secure-client")
+
+            async def chassis_call(i: int, client: Bus = client) -> object:
+                return await call(client, SECURED_ECHO, EchoRequest(node=NODE, container_id="c0ffee", n=i))
+
+            results.append(await measure("request/reply", variant, chassis_call, n, warmup))
+            results.append(await measure(f"request/reply x{CONCURRENCY}", variant, chassis_call, n, warmup,
+                                         CONCURRENCY))
+            await client.close()
+            await proc.shutdown()
+    print("\nthe cost of security (chassis request/reply, a node asking ipam):")
+    by_op = print_table(results)
+    for op, v in by_op.items():
+        s, p = v["tls+auth"], v["plain"]
+        print(f"{op:<18}  tls+auth/plain  p50 x{s.p50 / p.p50:.2f}  p99 x{s.p99 / p.p99:.2f}"
+              f"  ops/s x{s.ops / p.ops:.2f}")
+
+
 async def run(url: str, n: int) -> None:
     warmup = max(50, n // 10)
     client = await Bus.connect(ChassisSettings(nats_url=url), name="bench-client")
@@ -216,6 +267,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cce-bench-") as tmp, EmbeddedNats(Path(tmp)) as server:
         print(f"nats-server {server.url} (state in {tmp})")
         asyncio.run(run(server.url, args.n))
+        asyncio.run(bench_security(server.url, Path(tmp), args.n, max(50, args.n // 10)))
 
 
 if __name__ == "__main__":

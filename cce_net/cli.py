@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cce_net import stack as stack_mod
+from cce_net.bus_cli import bus_app
 from cce_net.pod_cli import pod_app
 from cce_net.sim_cli import sim_app
 from cce_net.topology import COMPOSE_FILE, compose_text
@@ -31,6 +32,7 @@ svc_app = typer.Typer(help="Micro services on the bus.", no_args_is_help=True)
 app.add_typer(svc_app, name="svc")
 app.add_typer(sim_app, name="sim")
 app.add_typer(pod_app, name="pod")
+app.add_typer(bus_app, name="bus")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -42,26 +44,24 @@ NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="NATS_URL",
 DEFAULT_STATE = Path(".cce-state")
 
 
-def resolve_url(nats_url: str | None, state_dir: Path) -> str:
-    if nats_url:
-        return nats_url
-    state = stack_mod.read_state(state_dir)
-    if state and state.get("nats_url"):
-        return str(state["nats_url"])
-    return "nats://127.0.0.1:4222"
+def resolve_url(nats_url: str | None, state_dir: Path) -> ChassisSettings:
+    """The bus to talk to and how: the local stack's as its admin, or `--nats-url` (with CCE_NATS_CREDS and
+    CCE_NATS_TLS_CA from the environment)."""
+    return stack_mod.client_settings(nats_url, state_dir.resolve())
 
 
-def with_bus(url: str, action: Callable[[Any], Awaitable[T]]) -> T:
+def with_bus(settings: ChassisSettings, action: Callable[[Any], Awaitable[T]]) -> T:
     from chassis.bus import Bus
+    from chassis.creds import redact_url
     from chassis.logs import configure_logging
 
     configure_logging("warning", json_output=False)
 
     async def go() -> T:
         try:
-            bus = await Bus.connect(ChassisSettings(nats_url=url), name="cce-net-cli", wait_s=2.0)
+            bus = await Bus.connect(settings, name="cce-net-cli", wait_s=2.0)
         except Exception as err:
-            err_console.print(f"[red]cannot reach NATS at {url}: {err!r}[/red]")
+            err_console.print(f"[red]cannot reach NATS at {redact_url(settings.nats_url)}: {err!r}[/red]")
             raise typer.Exit(2) from None
         try:
             return await action(bus)
@@ -87,6 +87,13 @@ def up(
                                                   'e.g. \'{"cooldown_s": 5, "pre_allocate": 4}\'')] = None,
     kube: Annotated[bool, typer.Option("--kube", help="with a local Kubernetes API server (`make kube-tools`): "
                                                       "nodes join as Node objects through k8s_bridge")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="the embedded bus WITHOUT identities and TLS "
+                                                              "(debugging only)")] = False,
+    creds_dir: Annotated[Path | None, typer.Option("--creds-dir", envvar="CCE_NATS_CREDS_DIR",
+                                                   help="with NATS_URL: the <identity>.creds files of its "
+                                                        "operator (see schemas/api/permissions.md)")] = None,
+    nats_ca: Annotated[Path | None, typer.Option("--nats-ca", envvar="CCE_NATS_TLS_CA",
+                                                 help="with NATS_URL: the CA of its server certificate")] = None,
 ) -> None:
     """Start the local stack: NATS (embedded unless NATS_URL) and every service, one log file each.
     As root, each simulated node also runs its node_datapath and cni_gateway (see `cce-net pod`).
@@ -105,10 +112,12 @@ def up(
         if missing:
             err_console.print("[red]--kube needs a local API server; missing: " + "; ".join(missing) + "[/red]")
             raise typer.Exit(1)
+    security = {"insecure": insecure, "creds_dir": creds_dir.resolve() if creds_dir else None,
+                "nats_ca": nats_ca.resolve() if nats_ca else None}
     if detach:
-        _up_detached(nodes, mode, state_dir, nats_url, timeout, pool, kube)
+        _up_detached(nodes, mode, state_dir, nats_url, timeout, pool, kube, security)
         return
-    _up_foreground(nodes, mode, state_dir, nats_url, timeout, pool_settings, kube)
+    _up_foreground(nodes, mode, state_dir, nats_url, timeout, pool_settings, kube, security)
 
 
 def _pool_settings(text: str | None) -> dict[str, Any] | None:
@@ -126,7 +135,7 @@ def _pool_settings(text: str | None) -> dict[str, Any] | None:
 
 
 def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
-                   timeout: float, pool: dict[str, Any] | None, kube: bool) -> None:
+                   timeout: float, pool: dict[str, Any] | None, kube: bool, security: dict[str, Any]) -> None:
     stop = {"now": False}
 
     def on_signal(*_: object) -> None:
@@ -135,7 +144,7 @@ def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     local = stack_mod.LocalStack(state_dir, nodes=nodes, mode=mode.value, nats_url=nats_url,
-                                 say=lambda m: console.print(m), pool=pool, kube=kube)
+                                 say=lambda m: console.print(m), pool=pool, kube=kube, **security)
     try:
         local.start(timeout)
     except Exception as err:
@@ -155,7 +164,7 @@ def _up_foreground(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str
 
 
 def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str | None,
-                 timeout: float, pool: str | None, kube: bool) -> None:
+                 timeout: float, pool: str | None, kube: bool, security: dict[str, Any]) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / stack_mod.STATE_FILE).unlink(missing_ok=True)
     args = [sys.executable, "-m", "cce_net", "up", "--nodes", str(nodes), "--mode", mode.value,
@@ -166,6 +175,11 @@ def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str |
         args += ["--pool", pool]
     if kube:
         args.append("--kube")
+    if security["insecure"]:
+        args.append("--insecure")
+    for flag, key in (("--creds-dir", "creds_dir"), ("--nats-ca", "nats_ca")):
+        if security[key]:
+            args += [flag, str(security[key])]
     log = state_dir / "up.log"
     with open(log, "ab") as out:
         sup = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -196,6 +210,12 @@ def _print_stack(state: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"simulated VPC: {state.get('sim_url')} (`cce-net sim info`); nodes: {state.get('nodes')}  "
                   f"mode: {state.get('mode')}")
+    bus = state.get("bus") or {}
+    if bus.get("creds_dir"):
+        console.print(f"bus: {bus['url']}, one identity per service and node: credentials in {bus['creds_dir']} "
+                      f"(the operator's: admin.creds), TLS CA {bus['ca']}")
+    else:
+        console.print(f"bus: {bus.get('url') or state.get('nats_url')} [bold red]without authentication[/bold red]")
     kube = state.get("kube")
     if kube:
         console.print(f"Kubernetes API server: {kube['url']}\n  export KUBECONFIG={kube['kubeconfig']}\n"

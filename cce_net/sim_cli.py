@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,13 +29,17 @@ DEFAULT_STATE = Path(".cce-state")
 
 
 def _admin(sim_url: str | None, state_dir: Path) -> SimAdminSync:
-    if not sim_url:
-        state = stack_mod.read_state(state_dir.resolve()) or {}
-        sim_url = state.get("sim_url") or None
+    """The simulator's admin API, with the admin token of the local stack (or CCE_SIM_ADMIN_TOKEN)."""
+    state = stack_mod.read_state(state_dir.resolve()) or {}
+    sim_url = sim_url or state.get("sim_url") or None
     if not sim_url:
         err_console.print("no simulator: start the stack (`cce-net up`) or pass --sim-url")
         raise typer.Exit(2)
-    return SimAdminSync(sim_url)
+    token = os.environ.get("CCE_SIM_ADMIN_TOKEN", "")
+    token_file = state.get("sim_admin_token_file")
+    if not token and token_file and Path(token_file).exists():
+        token = Path(token_file).read_text().strip()
+    return SimAdminSync(sim_url, token=token)
 
 
 def _run(call: Any) -> Any:
@@ -118,11 +123,10 @@ def join(
     agent does when it starts (idempotent: run it again and nothing changes). For stacks without Kubernetes and
     node services, such as compose's."""
     admin = _admin(sim_url, state_dir)
-    if not nats_url:
-        nats_url = str((stack_mod.read_state(state_dir.resolve()) or {}).get("nats_url") or "nats://127.0.0.1:4222")
-    instances = _run(lambda: stack_mod.ensure_sim_nodes(admin.url, nodes, mode.value, max_enis))
+    settings = stack_mod.client_settings(nats_url, state_dir.resolve())
+    instances = _run(lambda: stack_mod.ensure_sim_nodes(admin.url, nodes, mode.value, max_enis, admin.token))
     try:
-        stack_mod.register_nodes(nats_url, instances, mode.value, timeout, max_enis=max_enis)
+        stack_mod.register_nodes(settings, instances, mode.value, timeout, max_enis=max_enis)
     except Exception as err:  # NATS unreachable, or ipam refused a node: said, not a traceback
         err_console.print(f"[red]registration failed[/red]: {err or type(err).__name__}")
         raise typer.Exit(1) from None

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from cce_net.kubelocal import LocalKube
+from cce_net.natsauth import BusAccess, BusSecurity
 from cce_net.topology import SERVICES, SIM_SERVICE, ServiceDef, resolve_env
+from chassis.config import ChassisSettings
 from chassis.embedded_nats import EmbeddedNats, free_port
 from chassis.procs import parent_death_signal
+from schemas.permissions import ADMIN_IDENTITY, CONTROL_PLANE, Identity, node_identity, service_identity
 
 STATE_FILE = "stack.json"
 DEFAULT_NATS_PORT = 4222
@@ -64,13 +67,16 @@ class LocalStack:
     max_enis: int | None = field(default_factory=lambda: env_max_enis())  # ENI quota of the simulated nodes
     kube: bool = False  # a local Kubernetes API server; nodes come from Node objects through k8s_bridge
     kube_server: LocalKube | None = None
+    insecure: bool = False  # the embedded NATS without identities and TLS (debugging only)
+    creds_dir: Path | None = None  # with NATS_URL: the `<identity>.creds` files its operator issued
+    nats_ca: Path | None = None  # with NATS_URL: the CA of its server certificate
+    access: BusAccess | None = None
+    sim_token: str = ""  # the simulator's admin token (its admin API shows the cloud's keys): the admin's only
 
     @property
     def url(self) -> str:
-        if self.nats is not None:
-            return self.nats.url
-        assert self.nats_url
-        return self.nats_url
+        assert self.access is not None, "start() first"
+        return self.access.url
 
     def plan(self) -> list[Proc]:
         logs = self.state_dir / "logs"
@@ -89,9 +95,10 @@ class LocalStack:
         return f"http://127.0.0.1:{sim.http_port}" if sim else ""
 
     def _env(self, proc: Proc) -> dict[str, str]:
+        assert self.access is not None
         env = {
             **os.environ,
-            "CCE_NATS_URL": self.url,
+            **self.access.env(identity_of(proc.service, proc.node)),
             "CCE_HTTP_HOST": "127.0.0.1",
             "CCE_HTTP_PORT": str(proc.http_port),
             "CCE_SERVICE_ID": proc.id,
@@ -103,9 +110,15 @@ class LocalStack:
         if proc.service.name == SIM_SERVICE:
             env.setdefault("CCE_SIM_STATE_FILE", str(self.state_dir / "vpc_sim.json"))
             env["CCE_SIM_FABRIC_PREFIX"] = self.fabric_prefix
+            if self.sim_token:
+                env["CCE_SIM_ADMIN_TOKEN_FILE"] = str(self.sim_token_file)
         if self.kube_server is not None:
             env.update(kube_env(self.kube_server, proc.service, self.pool))
         return env
+
+    @property
+    def sim_token_file(self) -> Path:
+        return self.state_dir / "sim-admin.token"
 
     @property
     def fabric_prefix(self) -> str:
@@ -124,12 +137,12 @@ class LocalStack:
 
     def start(self, timeout: float = 30.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if not self.nats_url:
-            port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else 0
-            self.nats = EmbeddedNats(self.state_dir / "nats", port=port,
-                                     log_file=self.state_dir / "logs" / "nats-server.log")
-            (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-            self.nats.start()
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.access = self._start_bus() if not self.nats_url else BusAccess(self.nats_url, self.creds_dir,
+                                                                             self.nats_ca)
+        bootstrap_bus(self.access)
+        if not self.insecure:
+            self.sim_token = sim_admin_token(self.sim_token_file)
         if self.kube:
             self.kube_server = start_kube(self.state_dir / "kube")
         self.procs = self.plan()
@@ -138,21 +151,40 @@ class LocalStack:
         self.write_state(ready=False)
         self._wait_healthy(timeout)
         if self.sim_url:
-            instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode, self.max_enis)
+            instances = ensure_sim_nodes(self.sim_url, self.nodes, self.mode, self.max_enis, self.sim_token)
             if self.kube_server is not None:  # as a cluster's nodes join: their Node objects, which the bridge reads
                 create_node_objects(self.kube_server.kubeconfig, instances, self.mode, self.max_enis)
-                wait_registered(self.url, [inst["name"] for inst in instances], timeout)
+                wait_registered(self.access.settings(), [inst["name"] for inst in instances], timeout)
             else:
-                register_nodes(self.url, instances, self.mode, timeout, self.pool, self.max_enis)
+                register_nodes(self.access.settings(), instances, self.mode, timeout, self.pool, self.max_enis)
             self._start_node_services(instances, timeout)
         self.write_state(ready=True)
+
+    def _start_bus(self) -> BusAccess:
+        """The embedded nats-server: with an identity per service and per node and TLS (`bus/` in the state dir),
+        or, `insecure`, open to anyone on loopback."""
+        port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else 0
+        log = self.state_dir / "logs" / "nats-server.log"
+        if self.insecure:
+            self.say("WARNING: the bus runs WITHOUT authentication or TLS (--insecure): any local process can act "
+                     "for any node")
+            self.nats = EmbeddedNats(self.state_dir / "nats", port=port, log_file=log).start()
+            return BusAccess(self.nats.url)
+        security = BusSecurity(self.state_dir / "bus")
+        security.ensure([f"node-{i}" for i in range(1, self.nodes + 1)])
+
+        def config(host: str, bound: int, store: Path) -> str:
+            return security.server_config(host=host, port=bound, store_dir=store, name=f"cce-{bound}")
+
+        self.nats = EmbeddedNats(self.state_dir / "nats", port=port, log_file=log, config=config, tls=True).start()
+        return BusAccess(self.nats.url, security.dir, security.ca_file)
 
     def _start_node_services(self, instances: list[dict[str, Any]], timeout: float) -> None:
         """node_datapath and cni_gateway for every simulated node, each aimed at the node's namespace in the
         simulator's fabric (which needs root); their CNI plugin and conflist go under the node's directory."""
         from services.vpc_sim.admin import SimAdminSync
 
-        fabric = SimAdminSync(self.sim_url).info().get("fabric", {})
+        fabric = SimAdminSync(self.sim_url, token=self.sim_token).info().get("fabric", {})
         if not fabric.get("enabled"):
             self.node_services_off = f"the simulator has no network fabric ({fabric.get('reason', 'unknown')})"
             self.say(f"simulated nodes run without node services: {self.node_services_off}")
@@ -243,12 +275,14 @@ class LocalStack:
             "supervisor_pid": os.getpid(),
             "ready": ready,
             "nats_url": self.url,
+            "bus": self.access.to_state() if self.access else None,
             "nats_pid": self.nats.pid if self.nats else None,
             "nodes": self.nodes,
             "mode": self.mode,
             "pool": self.pool,
             "max_enis": self.max_enis,
             "sim_url": self.sim_url,
+            "sim_admin_token_file": str(self.sim_token_file) if self.sim_token else None,
             "fabric_prefix": self.fabric_prefix,
             "node_services_off": self.node_services_off,
             "node_info": self.node_info,
@@ -291,12 +325,14 @@ def instance_kind(mode: str) -> str:
     return "BBC" if mode == "vpc-eni-primary" else "BCC"
 
 
-def ensure_sim_nodes(sim_url: str, nodes: int, mode: str, max_enis: int | None = None) -> list[dict[str, Any]]:
+def ensure_sim_nodes(sim_url: str, nodes: int, mode: str, max_enis: int | None = None,
+                     token: str = "") -> list[dict[str, Any]]:
     """Create the simulated instances `node-1` .. `node-N` that do not exist yet; returns them (BCE JSON).
-    `max_enis`: the instances' ENI quota in the simulator (else its default, min(CPUs, 8); 0 on BBC)."""
+    `max_enis`: the instances' ENI quota in the simulator (else its default, min(CPUs, 8); 0 on BBC); `token`: the
+    simulator's admin token."""
     from services.vpc_sim.admin import SimAdminSync
 
-    admin = SimAdminSync(sim_url)
+    admin = SimAdminSync(sim_url, token=token)
     by_name = {inst.get("name"): inst for inst in admin.info().get("instances", [])}
     kind = instance_kind(mode)
     quota = max_enis if kind != "BBC" else None
@@ -309,23 +345,57 @@ def ensure_sim_nodes(sim_url: str, nodes: int, mode: str, max_enis: int | None =
     return wanted
 
 
-def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, timeout: float,
+def sim_admin_token(path: Path) -> str:
+    """The simulator's admin token, made once (mode 0600) and kept with the stack's state."""
+    import secrets
+
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(24))
+    return path.read_text().strip()
+
+
+def identity_of(service: ServiceDef, node: str) -> Identity:
+    """The bus identity a process of the stack runs with: its node's for node services, else its service's (the
+    simulator has no bus connection: it gets the admin's name, and no use for it)."""
+    if service.per_node:
+        return node_identity(node)
+    return service_identity(service.name) if service.name in CONTROL_PLANE else ADMIN_IDENTITY
+
+
+def bootstrap_bus(access: BusAccess) -> None:
+    """As the admin: every stream and bucket of the contract, before any service starts."""
+    import asyncio
+
+    from chassis.bus import Bus
+
+    async def run() -> None:
+        bus = await Bus.connect(access.settings(), name="cce-net-bootstrap")
+        try:
+            await bus.ensure_contract()
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+
+
+def register_nodes(settings: ChassisSettings, instances: list[dict[str, Any]], mode: str, timeout: float,
                    pool: dict[str, Any] | None = None, max_enis: int | None = None) -> None:
     """Register each simulated instance as a node with ipam, as a node's agent does when it starts."""
     import asyncio
 
     from chassis.bus import Bus
-    from chassis.config import ChassisSettings
     from chassis.rpc import call
     from schemas.errors import CceError
     from schemas.messages import NodeRegisterRequest
     from schemas.records import PoolSettings
     from schemas.subjects import NODE_REGISTER
 
-    settings = PoolSettings.model_validate(pool) if pool else None
+    pool_settings = PoolSettings.model_validate(pool) if pool else None
 
     async def register_all() -> None:
-        bus = await Bus.connect(ChassisSettings(nats_url=nats_url), name="cce-net-up")
+        bus = await Bus.connect(settings, name="cce-net-up")
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
@@ -334,7 +404,7 @@ def register_nodes(nats_url: str, instances: list[dict[str, Any]], mode: str, ti
                     node=inst["name"], instance_id=inst["id"], instance_type=inst["instanceType"],
                     zone=inst["zoneName"], cpus=inst["cpuCount"], memory_mib=int(inst["memoryCapacityInGB"]) * 1024,
                     mode=mode, primary_ip=inst["internalIp"], primary_mac=inst["nicInfo"]["macAddress"],
-                    pool=settings, max_enis=max_enis if inst["instanceType"] != "BBC" else None,
+                    pool=pool_settings, max_enis=max_enis if inst["instanceType"] != "BBC" else None,
                 )
                 while True:
                     try:
@@ -405,18 +475,17 @@ def create_node_objects(kubeconfig: Path, instances: list[dict[str, Any]], mode:
         admin.close()
 
 
-def wait_registered(nats_url: str, nodes: list[str], timeout: float) -> None:
+def wait_registered(settings: ChassisSettings, nodes: list[str], timeout: float) -> None:
     """Until k8s_bridge has registered every node on the bus."""
     import asyncio
 
     from chassis.bus import Bus
-    from chassis.config import ChassisSettings
     from chassis.kv import Store
     from schemas.base import subject_token
     from schemas.subjects import NODES
 
     async def wait() -> None:
-        bus = await Bus.connect(ChassisSettings(nats_url=nats_url), name="cce-net-up")
+        bus = await Bus.connect(settings, name="cce-net-up")
         try:
             store = Store(await bus.bucket(NODES), NODES.record, NODES.name)
             deadline = asyncio.get_running_loop().time() + timeout
@@ -479,6 +548,16 @@ def _healthy(port: int) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+def client_settings(nats_url: str | None, state_dir: Path) -> ChassisSettings:
+    """How a tool reaches the bus: the local stack's, as its admin (credentials and CA from its state), unless a
+    NATS URL is given; then CCE_NATS_CREDS / CCE_NATS_TLS_CA from the environment, as for any client."""
+    state = read_state(state_dir) or {}
+    access = BusAccess.from_state(state)
+    if access is not None and (not nats_url or nats_url == access.url):
+        return access.settings()
+    return ChassisSettings(nats_url=nats_url or str(state.get("nats_url") or f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"))
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:

@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from chassis.config import ChassisSettings
+from chassis.creds import creds_identity
 from chassis.logs import get_logger
-from schemas.subjects import EVENTS_STREAM, EVENTS_WILDCARD, Bucket
+from schemas.subjects import BUCKETS, EVENTS_STREAM, EVENTS_WILDCARD, Bucket
 
 log = get_logger("chassis.bus")
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """How much of CCE_EVENTS is kept: the oldest events go first once any limit is reached."""
+
+    max_age_s: float = 7 * 24 * 3600
+    max_bytes: int = 1 << 30
+    max_msgs: int = 5_000_000
 
 
 def _tls_context(settings: ChassisSettings) -> ssl.SSLContext | None:
@@ -34,12 +45,19 @@ def _tls_context(settings: ChassisSettings) -> ssl.SSLContext | None:
 
 
 class Bus:
-    """One NATS connection with JetStream; reconnects forever and remembers whether it is connected."""
+    """One NATS connection with JetStream; reconnects forever and remembers whether it is connected.
 
-    def __init__(self, nc: Client, kv_replicas: int = 1) -> None:
+    With credentials (`secured`), streams and buckets are created only by those asked to (their owners): the others
+    wait for them, since their identity may not create them."""
+
+    def __init__(self, nc: Client, kv_replicas: int = 1, secured: bool = False, identity: str = "",
+                 events_limits: EventLimits | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.kv_replicas = kv_replicas
+        self.secured = secured
+        self.identity = identity
+        self.events_limits = events_limits or EventLimits()
         self._buckets: dict[str, KeyValue] = {}
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self.closing = False
@@ -89,8 +107,12 @@ class Bus:
             "error_cb": error_cb,
             "tls": _tls_context(settings),
         }
+        identity = ""
         if settings.nats_creds:
             options["user_credentials"] = str(settings.nats_creds)
+            identity = creds_identity(settings.nats_creds)
+            if identity:  # our identities' replies come only to their own inbox prefix
+                options["inbox_prefix"] = f"_INBOX.{identity}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         delay = 0.1
@@ -104,51 +126,108 @@ class Bus:
                 log.info("nats not reachable yet", error=repr(err), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        bus = cls(nc, kv_replicas=settings.kv_replicas)
+        bus = cls(nc, kv_replicas=settings.kv_replicas, secured=bool(settings.nats_creds), identity=identity,
+                  events_limits=EventLimits(settings.events_max_age_s, settings.events_max_bytes,
+                                            settings.events_max_msgs))
         holder["bus"] = bus
         return bus
 
-    async def ensure_events_stream(self, max_age_s: float = 7 * 24 * 3600) -> None:
-        config = StreamConfig(
+    def events_config(self, max_age_s: float | None = None) -> StreamConfig:
+        limits = self.events_limits
+        return StreamConfig(
             name=EVENTS_STREAM,
             subjects=[EVENTS_WILDCARD],
             storage=StorageType.FILE,
-            max_age=max_age_s,
+            max_age=max_age_s if max_age_s is not None else limits.max_age_s,
+            max_bytes=limits.max_bytes,
+            max_msgs=limits.max_msgs,
+            discard=DiscardPolicy.OLD,
             num_replicas=self.kv_replicas,
             duplicate_window=120.0,
             description="cce-network events: cce.events.<kind>.<node>.<what>",
         )
-        try:
-            await self.js.stream_info(EVENTS_STREAM)
-        except NotFoundError:
-            try:
-                await self.js.add_stream(config)
-            except BadRequestError:  # created concurrently by another process
-                await self.js.stream_info(EVENTS_STREAM)
 
-    async def bucket(self, bucket: Bucket) -> KeyValue:
-        """The bucket's KV handle, creating the bucket (idempotently) on first use."""
+    async def ensure_events_stream(self, max_age_s: float | None = None, create: bool = True) -> None:
+        """The event stream as the contract says it (created, or brought to the contract's limits); without `create`
+        (an identity that may not), wait until it exists."""
+        config = self.events_config(max_age_s)
+
+        async def make() -> None:
+            await self.js.add_stream(config)
+
+        await self._ensure_stream(config, make if create else None)
+
+    async def bucket(self, bucket: Bucket, create: bool = True) -> KeyValue:
+        """The bucket's KV handle. `create`: make it (idempotently) when missing and bring its configuration to the
+        contract; without (an identity that may not), wait until its owner has made it."""
         kv = self._buckets.get(bucket.name)
         if kv is not None:
             return kv
-        try:
-            kv = await self.js.key_value(bucket.name)
-        except BucketNotFoundError:
-            try:
-                kv = await self.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=bucket.name,
-                        history=bucket.history,
-                        storage=StorageType.FILE,
-                        replicas=self.kv_replicas,
-                        direct=True,
-                        description=f"{bucket.record.__name__} records, written by {bucket.writer}",
-                    )
-                )
-            except BadRequestError:
-                kv = await self.js.key_value(bucket.name)
+        config = KeyValueConfig(bucket=bucket.name, history=bucket.history, storage=StorageType.FILE,
+                                replicas=self.kv_replicas, direct=True,
+                                description=f"{bucket.record.__name__} records, written by {bucket.writer}")
+        contract = StreamConfig(name=bucket.stream, description=config.description, allow_direct=True,
+                                max_msgs_per_subject=bucket.history, num_replicas=self.kv_replicas)
+
+        async def make() -> None:
+            await self.js.create_key_value(config)
+
+        await self._ensure_stream(contract, make if create else None)
+        kv = await self.js.key_value(bucket.name)
         self._buckets[bucket.name] = kv
         return kv
+
+    async def _ensure_stream(self, config: StreamConfig, make: Callable[[], Awaitable[None]] | None,
+                             wait_s: float = 300.0) -> None:
+        assert config.name is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        told = False
+        while True:
+            try:
+                info = await self.js.stream_info(config.name)
+            except NotFoundError:
+                info = None
+            if info is None and make is not None:
+                try:
+                    await make()
+                    return
+                except BadRequestError:  # created concurrently by another process
+                    continue
+            if info is not None:
+                if make is not None:
+                    await self._bring_to_contract(config, info.config)
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"stream {config.name} does not exist and this identity may not create it")
+            if not told:
+                log.info("waiting for the owner to create a stream", stream=config.name)
+                told = True
+            await asyncio.sleep(0.5)
+
+    async def _bring_to_contract(self, want: StreamConfig, have: StreamConfig) -> None:
+        """Limits, replicas and description that differ from the contract are updated (never the subjects or the
+        storage, which a stream cannot change)."""
+        fields = ("max_age", "max_bytes", "max_msgs", "max_msgs_per_subject", "num_replicas", "description",
+                  "discard", "allow_direct", "duplicate_window")
+        differs = [f for f in fields if getattr(want, f) is not None and getattr(want, f) != getattr(have, f)]
+        if not differs:
+            return
+        update = have.evolve(**{f: getattr(want, f) for f in differs})
+        try:
+            await self.js.update_stream(update)
+        except Exception as err:  # e.g. replicas beyond the cluster's size: the stream keeps working as it is
+            log.warning("stream config differs from the contract and could not be updated", stream=want.name,
+                        fields=differs, error=repr(err))
+            return
+        log.info("stream config brought to the contract", stream=want.name, fields=differs)
+
+    async def ensure_contract(self) -> None:
+        """Every stream and bucket of the contract, created or brought to it (an admin's bootstrap: then no service
+        waits for another to make what it reads, and the node-scoped buckets no service owns exist)."""
+        await self.ensure_events_stream()
+        for bucket in BUCKETS:
+            await self.bucket(bucket)
 
     async def close(self) -> None:
         self.closing = True

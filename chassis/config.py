@@ -34,6 +34,20 @@ class _FileSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._data.items() if k in names}
 
 
+def read_secret(path: Path | None, setting: str) -> str | None:
+    """A secret from a file, as Kubernetes mounts a Secret's key (surrounding whitespace dropped); a missing or
+    empty file is a start-up error naming the setting."""
+    if path is None:
+        return None
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as err:
+        raise ValueError(f"{setting}: cannot read {path}: {err.strerror}") from None
+    if not value:
+        raise ValueError(f"{setting}: {path} is empty")
+    return value
+
+
 class ChassisSettings(BaseSettings):
     """Settings every service process has. Services subclass this to add their own."""
 
@@ -59,7 +73,15 @@ class ChassisSettings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight requests get on SIGTERM")
     lease_ttl_s: float = Field(6.0, gt=0, description="leader lease: a silent leader loses it after this")
     kv_replicas: int = Field(1, ge=1, le=5)
-    events_max_age_s: float = Field(7 * 24 * 3600, gt=0)
+    events_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="CCE_EVENTS keeps events this long at most")
+    events_max_bytes: int = Field(1 << 30, gt=0, description="... and this many bytes (the oldest go first)")
+    events_max_msgs: int = Field(5_000_000, gt=0, description="... and this many events")
+    max_in_flight: int = Field(1024, ge=1, description="requests a process serves at once; more are refused (busy)")
+    max_in_flight_per_node: int = Field(
+        256, ge=1, description="... of them for one node: a node has at most max-pods ADDs in flight (<= 256), so "
+                               "one node's flood cannot take the others' turns")
+    max_bus_request_bytes: int = Field(
+        256 * 1024, ge=1024, description="a larger bus request is refused (InvalidRequest)")
 
     @classmethod
     def settings_customise_sources(

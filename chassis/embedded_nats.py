@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from chassis.procs import parent_death_signal
@@ -34,20 +36,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+ConfigWriter = Callable[[str, int, Path], str]
+
+
 class EmbeddedNats:
-    """One nats-server process: JetStream with its file store under `state_dir`, on loopback."""
+    """One nats-server process: JetStream with its file store under `state_dir`, on loopback.
+
+    `config(host, port, store_dir) -> text`, when given, is the server's configuration file (identities, TLS...),
+    written to `state_dir/nats-server.conf` on every start; `tls` says its clients connect with `tls://`."""
 
     def __init__(self, state_dir: Path, port: int = 0, host: str = "127.0.0.1",
-                 log_file: Path | None = None) -> None:
+                 log_file: Path | None = None, config: ConfigWriter | None = None, tls: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self.port = port or free_port(host)
         self.log_file = log_file or self.state_dir / "nats-server.log"
+        self.config = config
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "nats-server.conf"
 
     @property
     def pid(self) -> int | None:
@@ -56,8 +70,12 @@ class EmbeddedNats:
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         store = self.state_dir / "jetstream"
-        args = [find_nats_server(), "-js", "-sd", str(store), "-a", self.host, "-p", str(self.port),
-                "-n", f"cce-{self.port}"]
+        if self.config is not None:
+            self.write_config()
+            args = [find_nats_server(), "-c", str(self.config_file)]
+        else:
+            args = [find_nats_server(), "-js", "-sd", str(store), "-a", self.host, "-p", str(self.port),
+                    "-n", f"cce-{self.port}"]
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
@@ -92,6 +110,19 @@ class EmbeddedNats:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def write_config(self) -> None:
+        assert self.config is not None
+        text = self.config(self.host, self.port, self.state_dir / "jetstream")
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+
+    def reload(self) -> None:
+        """Rewrite the configuration and have the running server load it (SIGHUP): e.g. a revocation."""
+        self.write_config()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -28,6 +28,17 @@ def configure_logging(level: str = "info", json_output: bool = True, **bound: An
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**{k: v for k, v in bound.items() if v})
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _SslEofNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_SslEofNoise())
+
+
+class _SslEofNoise(logging.Filter):
+    """asyncio warns on every TLS connection whose peer closes it (nats-py's protocol returns True from
+    eof_received, which TLS ignores): noise, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
 
 
 def get_logger(name: str | None = None) -> Any:

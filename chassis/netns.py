@@ -133,6 +133,19 @@ def in_fresh_thread(work: Callable[[], _T], what: str) -> _T:
     return result[0]
 
 
+SELF = "/proc/self/ns/net"  # the calling process's own network namespace
+HOST = "/proc/1/ns/net"  # the host's (init's) network namespace
+
+
+def same_namespace(a: str, b: str) -> bool:
+    """Whether two namespace names or paths are the same namespace (same inode on nsfs); False if either is gone."""
+    try:
+        sa, sb = os.stat(netns_path(a)), os.stat(netns_path(b))
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def check_namespace(ns: str) -> None:
     """Raise NetnsError (errno ENOENT or EINVAL) unless `ns` names an existing network namespace."""
     in_fresh_thread(lambda: enter(ns), f"enter {ns}")

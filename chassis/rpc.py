@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats.errors
@@ -36,6 +37,7 @@ LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 IN_FLIGHT = Gauge("cce_bus_requests_in_flight", "requests being served", ["service"])
+BUSY = PromCounter("cce_bus_requests_refused_busy_total", "requests refused: too many in flight", ["service"])
 
 Req = TypeVar("Req", bound=Contract)
 Rep = TypeVar("Rep", bound=Contract)
@@ -54,18 +56,31 @@ def invalid_request(err: ValidationError) -> CceError:
     )
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What one process serves at once: requests in flight (in all, and per node, so one node's flood cannot take
+    the others' turns) and the largest request body. Beyond them a request is refused at once, with a coded
+    reason the caller can act on (ServiceUnavailable is retryable; InvalidRequest is not)."""
+
+    in_flight: int = 1024
+    per_node: int = 256
+    request_bytes: int = 256 * 1024
+
+
 class RpcServer:
     """The micro service of one process and its typed endpoints."""
 
     def __init__(self, bus: Bus, name: str, version: str, description: str = "",
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, bounds: Bounds | None = None) -> None:
         self.bus = bus
         self.name = name
         self.version = version
         self.description = description
         self.metadata = metadata or {}
+        self.bounds = bounds or Bounds()
         self._service: Service | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._per_node: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._accepting = True
 
@@ -91,12 +106,15 @@ class RpcServer:
         assert self._service is not None, "start() first"
 
         async def on_request(req: Request) -> None:
-            if not self._accepting:
-                await self._reply_error(req, CceError(ErrorReason.SERVICE_UNAVAILABLE, "shutting down"))
+            refused = self._refusal(req)
+            if refused is not None:
+                await self._reply_error(req, refused, spec.name)
                 return
+            node = req.subject.rsplit(".", 1)[-1]
+            self._per_node[node] += 1
             task = asyncio.create_task(self._handle(spec, handler, req))
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda t: self._done(t, node))
 
         await self._service.add_endpoint(
             name=spec.name, subject=subject or spec.pattern, handler=on_request,
@@ -104,6 +122,25 @@ class RpcServer:
             metadata={"request": spec.request.__name__, "reply": spec.reply.__name__, "summary": spec.summary},
         )
         await self.bus.nc.flush()  # the subscription is known to the server before we say we serve
+
+    def _refusal(self, req: Request) -> CceError | None:
+        if not self._accepting:
+            return CceError(ErrorReason.SERVICE_UNAVAILABLE, "shutting down")
+        if len(req.data) > self.bounds.request_bytes:
+            return CceError(ErrorReason.INVALID_REQUEST, f"request of {len(req.data)} bytes is larger than "
+                            f"{self.bounds.request_bytes}", fields=["<body>"])
+        node = req.subject.rsplit(".", 1)[-1]
+        if len(self._inflight) >= self.bounds.in_flight or self._per_node[node] >= self.bounds.per_node:
+            BUSY.labels(self.name).inc()
+            return CceError(ErrorReason.SERVICE_UNAVAILABLE, f"busy: {len(self._inflight)} requests in flight "
+                            f"({self._per_node[node]} for {node}); try again", subject=req.subject)
+        return None
+
+    def _done(self, task: asyncio.Task[None], node: str) -> None:
+        self._inflight.discard(task)
+        self._per_node[node] -= 1
+        if self._per_node[node] <= 0:
+            del self._per_node[node]
 
     async def _handle(self, spec: RequestSubject, handler: Handler, req: Request) -> None:
         started = time.perf_counter()

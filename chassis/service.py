@@ -18,17 +18,19 @@ from typing import Any, TypeVar
 
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
+from chassis.creds import redact_url
 from chassis.events import EventPublisher
 from chassis.http import HealthServer
 from chassis.kv import ChangeHandler, KvCache, Store
 from chassis.leader import LeaderElector
 from chassis.logs import configure_logging, get_logger
-from chassis.rpc import RpcServer
+from chassis.rpc import Bounds, RpcServer
 from chassis.settings_check import EXIT_BAD_SETTINGS, SettingsError, load_settings
 from schemas.base import Contract
 from schemas.events import EventKind
+from schemas.permissions import CONTROL_PLANE
 from schemas.records import Lease
-from schemas.subjects import LEASES, Bucket
+from schemas.subjects import LEASE_KEYS, LEASES, Bucket
 
 log = get_logger("chassis.service")
 
@@ -73,23 +75,35 @@ class ServiceProcess:
         self.health.add_check("ready", lambda: (self.ready, "serving" if self.ready else "starting"))
         try:
             self._bus = await Bus.connect(self.settings, name=self.id)
-            await self._bus.ensure_events_stream(self.settings.events_max_age_s)
+            await self._bus.ensure_events_stream(create=not self._bus.secured or self.name in CONTROL_PLANE)
         except BaseException:
             await self.health.stop()
             raise
         self.events = EventPublisher(self._bus, source=self.id)
         metadata = {"id": self.id, "node": self.node, "http": f"http://{self.health.host}:{port}"}
-        self._rpc = RpcServer(self._bus, self.name, VERSION, self.description, metadata)
+        self._rpc = RpcServer(self._bus, self.name, VERSION, self.description, metadata,
+                              Bounds(self.settings.max_in_flight, self.settings.max_in_flight_per_node,
+                                     self.settings.max_bus_request_bytes))
         await self._rpc.start()
-        log.info("service started", http_port=port, nats=self.settings.nats_url)
+        log.info("service started", http_port=port, nats=redact_url(self.settings.nats_url),
+                 identity=self.bus.identity or None)
 
     def _nats_ready(self) -> tuple[bool, str]:
         if self._bus is None:
             return False, "connecting"
         return self._bus.connected, "connected" if self._bus.connected else "disconnected (reconnecting)"
 
+    def may_create(self, bucket: Bucket) -> bool:
+        """With credentials, a bucket is made only by its owner (a control-plane service; the leases by the services
+        that campaign); the others wait for it. Without, whoever comes first makes it (dev and tests)."""
+        if not self.bus.secured:
+            return True
+        if bucket is LEASES:
+            return self.name in LEASE_KEYS
+        return bucket.writer == self.name and self.name in CONTROL_PLANE
+
     async def store(self, bucket: Bucket, model: type[R] | None = None) -> Store[R]:
-        kv = await self.bus.bucket(bucket)
+        kv = await self.bus.bucket(bucket, create=self.may_create(bucket))
         return Store(kv, model or bucket.record, bucket.name)  # type: ignore[arg-type]
 
     async def cache(self, bucket: Bucket, on_change: ChangeHandler[Any] | None = None) -> KvCache[Any]:

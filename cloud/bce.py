@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from baidubce.auth.bce_credentials import BceCredentials
@@ -35,9 +36,10 @@ from baidubce.services.route.route_client import RouteClient
 from baidubce.services.subnet.subnet_client import SubnetClient
 from baidubce.services.vpc.vpc_client import VpcClient
 from prometheus_client import Counter, Histogram
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chassis.config import read_secret
 from chassis.logs import get_logger
 from cloud.classify import Classified, classify
 from cloud.limiter import RateLimits
@@ -77,6 +79,8 @@ class BceSettings(BaseSettings):
     endpoint: str = Field("", description="the cloud API, e.g. bcc.bj.baidubce.com or the simulator's URL; required")
     access_key: str = ""
     secret_key: SecretStr = SecretStr("")
+    access_key_file: Path | None = Field(None, description="the access key from a file (a mounted Secret)")
+    secret_key_file: Path | None = Field(None, description="the secret key from a file (a mounted Secret)")
     region: str = "bj"
     vpc_id: str = ""
     connection_timeout_ms: int = Field(5000, gt=0, description="socket timeout of one SDK attempt")
@@ -87,6 +91,16 @@ class BceSettings(BaseSettings):
     page_size: int = Field(100, ge=1, le=1000, description="maxKeys of list calls")
     rate_limits: dict[CloudApi, tuple[float, int]] = Field(
         default_factory=dict, description='per-API (rate/s, burst) overrides, e.g. {"list_enis": [2, 2]}')
+
+    @model_validator(mode="after")
+    def _keys_from_files(self) -> BceSettings:
+        access = read_secret(self.access_key_file, "CCE_CLOUD_ACCESS_KEY_FILE")
+        secret = read_secret(self.secret_key_file, "CCE_CLOUD_SECRET_KEY_FILE")
+        if access is not None:
+            self.access_key = access
+        if secret is not None:
+            self.secret_key = SecretStr(secret)
+        return self
 
     @property
     def resolved_endpoint(self) -> str:

@@ -14,10 +14,12 @@ from pydantic.json_schema import models_json_schema
 
 from schemas.base import SCHEMA_VERSION, Contract
 from schemas.errors import DESCRIPTIONS, ErrorReply
+from schemas.permissions import table
 from schemas.subjects import BUCKETS, EVENT_PAYLOAD, EVENTS_STREAM, REQUESTS
 
 API_DIR = Path(__file__).parent / "api"
 ASYNCAPI_FILE = API_DIR / "asyncapi.json"
+PERMISSIONS_FILE = API_DIR / "permissions.md"
 MESSAGES_DIR = API_DIR / "messages"
 
 
@@ -98,6 +100,7 @@ def asyncapi() -> dict[str, Any]:
             },
             "x-service": req.service,
             "x-queue-group": req.service,
+            "x-callers": list(req.callers),
         }
     channels["events"] = {
         "address": "cce.events.{kind}.{node}.{what}",
@@ -129,13 +132,14 @@ def asyncapi() -> dict[str, Any]:
         "components": {"schemas": schemas, "messages": messages},
         "x-error-reasons": {reason.value: text for reason, text in DESCRIPTIONS.items()},
         "x-buckets": {
-            b.name: {"record": b.record.__name__, "writer": b.writer, "key": b.key} for b in BUCKETS
+            b.name: {"record": b.record.__name__, "writer": b.writer, "readers": list(b.readers), "key": b.key,
+                     "node_scoped": b.node_scoped} for b in BUCKETS
         },
     }
 
 
 def render() -> dict[Path, str]:
-    files = {ASYNCAPI_FILE: json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n"}
+    files = {ASYNCAPI_FILE: json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n", PERMISSIONS_FILE: table()}
     for name, schema in message_schemas().items():
         files[MESSAGES_DIR / f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return files

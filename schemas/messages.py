@@ -67,6 +67,8 @@ class AllocateRequest(Contract):
     pod: PodRef
     exclusive: bool = Field(False, description="the pod asks for a whole ENI (nodes that allow it)")
     wait_s: float = Field(10.0, ge=0, le=120, description="how long to wait for the pool to refill")
+    netns: str = Field("", max_length=4096, description="the pod's network namespace: recorded in the endpoint, the "
+                                                       "one place the node's datapath takes it from")
 
 
 class AllocateReply(Contract):

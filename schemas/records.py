@@ -212,6 +212,7 @@ class CceEndpoint(Contract):
     state: EndpointState = EndpointState.ALLOCATED
     addresses: list[EndpointAddress] = Field(default_factory=list)
     host_veth: str = ""
+    netns: str = Field("", max_length=4096, description="the pod's network namespace (CNI_NETNS) the node programs")
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = Field(None, description="an unconfirmed allocation expires then")
     updated_at: datetime = Field(default_factory=utcnow)

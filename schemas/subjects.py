@@ -48,11 +48,13 @@ ROUTE_MANAGER = "route_manager"
 NODE_DATAPATH = "node_datapath"
 CNI_GATEWAY = "cni_gateway"
 K8S_BRIDGE = "k8s_bridge"
+ADMIN = "admin"  # an operator's tools (`cce-net`): reads everything, registers nodes where no bridge does
 
 
 @dataclass(frozen=True)
 class RequestSubject:
-    """A request/reply endpoint: `<prefix>.<node>`, served by `service` in a queue group of its name."""
+    """A request/reply endpoint: `<prefix>.<node>`, served by `service` in a queue group of its name, asked by
+    `callers` (the bus permissions of each identity are derived from this: see schemas/permissions.py)."""
 
     name: str
     prefix: str
@@ -60,6 +62,7 @@ class RequestSubject:
     reply: type[Contract]
     service: str
     summary: str
+    callers: tuple[str, ...] = ()
 
     @property
     def pattern(self) -> str:
@@ -72,38 +75,47 @@ class RequestSubject:
 NODE_REGISTER = RequestSubject(
     "register", "cce.node.v1.register", NodeRegisterRequest, NodeRegisterReply, IPAM,
     "register a node: create or refresh its NetResourceSet",
+    callers=(K8S_BRIDGE, ADMIN),
 )
 NODE_REMOVE = RequestSubject(
     "remove", "cce.node.v1.remove", NodeRemoveRequest, NodeRemoveReply, IPAM,
     "start removing a node: its ENIs, IPs, CIDRs and routes are cleaned up, then its record goes",
+    callers=(K8S_BRIDGE, ADMIN),
 )
 IPAM_ALLOCATE = RequestSubject(
     "allocate", "cce.ipam.v1.allocate", AllocateRequest, AllocateReply, IPAM,
     "allocate an IP for a pod interface (idempotent by container id and ifname)",
+    callers=(CNI_GATEWAY,),
 )
 IPAM_CONFIRM = RequestSubject(
     "confirm", "cce.ipam.v1.confirm", ConfirmRequest, ConfirmReply, IPAM,
     "confirm an allocation after the node programmed it, so it does not expire",
+    callers=(CNI_GATEWAY,),
 )
 IPAM_RELEASE = RequestSubject(
     "release", "cce.ipam.v1.release", ReleaseRequest, ReleaseReply, IPAM,
     "release a pod interface's IP (idempotent; unknown keys succeed)",
+    callers=(CNI_GATEWAY, K8S_BRIDGE),
 )
 DATAPATH_SETUP = RequestSubject(
     "setup", "cce.datapath.v1.setup", SetupRequest, SetupReply, NODE_DATAPATH,
     "program a pod's interface, addresses, routes and rules on the node",
+    callers=(CNI_GATEWAY,),
 )
 DATAPATH_TEARDOWN = RequestSubject(
     "teardown", "cce.datapath.v1.teardown", TeardownRequest, TeardownReply, NODE_DATAPATH,
     "remove a pod's network from the node (succeeds when nothing is left)",
+    callers=(CNI_GATEWAY,),
 )
 DATAPATH_CHECK = RequestSubject(
     "check", "cce.datapath.v1.check", CheckRequest, CheckReply, NODE_DATAPATH,
     "check that a pod's network is as programmed",
+    callers=(CNI_GATEWAY,),
 )
 ROUTE_EXPAND = RequestSubject(
     "expand", "cce.route.v1.expand", ExpandRequest, ExpandReply, ROUTE_MANAGER,
     "give a vpc-route node one more CIDR before it runs dry",
+    callers=(IPAM,),
 )
 
 REQUESTS: tuple[RequestSubject, ...] = (
@@ -125,6 +137,7 @@ EVENTS_STREAM = "CCE_EVENTS"
 EVENTS_PREFIX = "cce.events"
 EVENTS_WILDCARD = f"{EVENTS_PREFIX}.>"
 EVENT_PAYLOAD: type[Contract] = Event
+BRIDGE_EVENTS_CONSUMER = "k8s_bridge_events"  # k8s_bridge's durable consumer: bus events -> Kubernetes Events
 
 
 def event_subject(kind: EventKind, node: str, what: str) -> str:
@@ -138,25 +151,40 @@ def event_subject(kind: EventKind, node: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Bucket:
+    """A key space: one writing service, the services that read it (the bus permissions follow from both), and
+    `node_scoped` when every key starts with the node token, so a node's own keys are `<node>.>`."""
+
     name: str
     record: type[Contract]
     writer: str
     key: str
     history: int = 1
+    readers: tuple[str, ...] = ()
+    node_scoped: bool = False
+
+    @property
+    def stream(self) -> str:
+        return f"KV_{self.name}"
 
 
-NODES = Bucket("cce_nodes", NetResourceSet, IPAM, "<node>")
-ENDPOINTS = Bucket("cce_endpoints", CceEndpoint, IPAM, "<node>.<container_id>.<ifname>")
-ENIS = Bucket("cce_enis", Eni, ENI_MANAGER, "<eni_id>")
-ENI_ON_NODE = Bucket("cce_eni_node", EniOnNode, NODE_DATAPATH, "<eni_id>")
-SUBNETS = Bucket("cce_subnets", Subnet, ENI_MANAGER, "<subnet_id>")
-CIDR_POOL = Bucket("cce_cidr_pool", ClusterCidrPool, ROUTE_MANAGER, "config")
-NODE_CIDRS = Bucket("cce_node_cidrs", NodeCidr, ROUTE_MANAGER, "<cidr with / as _>")
-ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as _>")
+NODES = Bucket("cce_nodes", NetResourceSet, IPAM, "<node>",
+               readers=(ENI_MANAGER, ROUTE_MANAGER, NODE_DATAPATH, CNI_GATEWAY, K8S_BRIDGE))
+ENDPOINTS = Bucket("cce_endpoints", CceEndpoint, IPAM, "<node>.<container_id>.<ifname>",
+                   readers=(NODE_DATAPATH, CNI_GATEWAY, K8S_BRIDGE), node_scoped=True)
+ENIS = Bucket("cce_enis", Eni, ENI_MANAGER, "<eni_id>", readers=(IPAM, NODE_DATAPATH, K8S_BRIDGE))
+ENI_ON_NODE = Bucket("cce_eni_node", EniOnNode, NODE_DATAPATH, "<node>.<eni_id>", node_scoped=True)
+SUBNETS = Bucket("cce_subnets", Subnet, ENI_MANAGER, "<subnet_id>", readers=(K8S_BRIDGE,))
+CIDR_POOL = Bucket("cce_cidr_pool", ClusterCidrPool, ROUTE_MANAGER, "config", readers=(IPAM,))
+NODE_CIDRS = Bucket("cce_node_cidrs", NodeCidr, ROUTE_MANAGER, "<cidr with / as _>", readers=(IPAM,))
+ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as _>", readers=(IPAM,))
 LEASES = Bucket("cce_leases", Lease, "*", "<service>")
-POOLS = Bucket("cce_pools", NodePool, IPAM, "<node>")
-PROVISION = Bucket("cce_provision", EniProvision, ENI_MANAGER, "<node>")
-PODS = Bucket("cce_pods", PodInfo, K8S_BRIDGE, "<node>.<namespace>.<name>")
+POOLS = Bucket("cce_pools", NodePool, IPAM, "<node>", readers=(ENI_MANAGER, ROUTE_MANAGER, K8S_BRIDGE))
+PROVISION = Bucket("cce_provision", EniProvision, ENI_MANAGER, "<node>", readers=(IPAM, K8S_BRIDGE))
+PODS = Bucket("cce_pods", PodInfo, K8S_BRIDGE, "<node>.<namespace>.<name>", readers=(CNI_GATEWAY,), node_scoped=True)
+
+# Leases of the single-active loops: the lease key each service campaigns for (its own and no other).
+LEASE_KEYS: dict[str, str] = {IPAM: "ipam-maintenance", ENI_MANAGER: ENI_MANAGER, ROUTE_MANAGER: ROUTE_MANAGER,
+                              K8S_BRIDGE: K8S_BRIDGE}
 
 BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, POOLS, ENIS, ENI_ON_NODE, PROVISION, SUBNETS, CIDR_POOL, NODE_CIDRS,
                                ROUTES, LEASES, PODS)
@@ -164,6 +192,10 @@ BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, POOLS, ENIS, ENI_ON_NODE, PROVI
 
 def endpoint_key(node: str, container_id: str, ifname: str) -> str:
     return f"{subject_token(node)}.{container_id}.{ifname}"
+
+
+def eni_on_node_key(node: str, eni_id: str) -> str:
+    return f"{subject_token(node)}.{eni_id}"
 
 
 def pod_key(node: str, namespace: str, name: str) -> str:

@@ -105,6 +105,9 @@ class MemoryRecords:
     def endpoint(self, key: str) -> CceEndpoint | None:
         return self.eps.get(key)
 
+    async def fetch_endpoint(self, key: str) -> CceEndpoint | None:
+        return self.eps.get(key)
+
     def enis(self) -> dict[str, Eni]:
         return dict(self.eni_records)
 
@@ -152,6 +155,8 @@ class World:
         return f"/run/netns/{self.pods[i]}"  # by absolute path, as a runtime passes it
 
     def setup_req(self, ep: CceEndpoint, pod: int) -> SetupRequest:
+        """As the gateway asks after ipam recorded the endpoint (with the pod's netns): the datapath reads it."""
+        self.records.put(ep.model_copy(update={"netns": self.pod_ns(pod)}))
         return SetupRequest(node=NODE, container_id=ep.container_id, ifname=ep.ifname, netns=self.pod_ns(pod),
                             endpoint=ep)
 
@@ -335,18 +340,36 @@ async def test_bad_netns_paths_get_coded_errors(world: World, tmp_path: Path) ->
     ep = endpoint("c1", POD_IPS[0])
     plain = tmp_path / "not-a-netns"
     plain.write_text("")
-    for path, words in (("/run/netns/does-not-exist", "does not exist"), (str(plain), "not a network namespace")):
+    for path, words in (("/run/netns/does-not-exist", "does not exist"), (str(plain), "not a network namespace"),
+                        (f"/run/netns/{world.node_ns}", "the node's own"),
+                        ("/proc/1/ns/net", "the node's own|Permission denied")):  # where init's ns is not ours to read
+        world.records.put(ep.model_copy(update={"netns": path}))  # ipam recorded what the runtime passed
         req = SetupRequest(node=NODE, container_id="c1", netns=path, endpoint=ep)
         with pytest.raises(CceError, match=words) as info:
             await dp.setup(req)
         assert info.value.reason is ErrorReason.INVALID_REQUEST
     assert await node_objects(world.node_ns, POD_IPS[0]) == []
+    world.records.put(ep.model_copy(update={"netns": "/run/netns/does-not-exist"}))
     gone = await dp.check(CheckRequest(node=NODE, container_id="c1", netns="/run/netns/does-not-exist", endpoint=ep))
     assert not gone.ok and "host veth" in gone.problems[0]
-    other = endpoint("c9", POD_IPS[0]).model_copy(update={"node": "node-b"})
-    with pytest.raises(CceError, match="does not match") as info:
-        await dp.setup(SetupRequest(node=NODE, container_id="c9", netns=world.pod_ns(0), endpoint=other))
-    assert info.value.reason is ErrorReason.INVALID_REQUEST
+
+
+async def test_the_datapath_programs_what_the_record_says_not_what_the_request_says(world: World) -> None:
+    """A forged setup (right node, made-up endpoint; or a real endpoint dressed with another IP and the host's
+    netns) changes nothing the record does not say."""
+    await world.fabric.apply(spec())
+    dp = world.datapath()
+    made_up = endpoint("c9", POD_IPS[2])
+    with pytest.raises(CceError) as info:
+        await dp.setup(SetupRequest(node=NODE, container_id="c9", netns=world.pod_ns(0), endpoint=made_up))
+    assert info.value.reason is ErrorReason.ENDPOINT_NOT_FOUND
+    real = endpoint("c1", POD_IPS[0])
+    world.records.put(real.model_copy(update={"netns": world.pod_ns(0)}))
+    forged = real.model_copy(update={"addresses": made_up.addresses, "netns": "/proc/1/ns/net"})
+    reply = await dp.setup(SetupRequest(node=NODE, container_id="c1", netns="/proc/1/ns/net", endpoint=forged))
+    assert str(reply.ips[0].address) == f"{POD_IPS[0]}/32" and reply.interfaces[1].sandbox == world.pod_ns(0)
+    assert await node_objects(world.node_ns, POD_IPS[2], veth=reply.host_veth) == [f"link {reply.host_veth}"]
+    assert await ping(world.pods[0], GATEWAY)
 
 
 async def test_a_new_container_of_the_same_pod_replaces_the_old_veth(world: World) -> None:

@@ -77,6 +77,8 @@ class ModesWorld:
         return f"/run/netns/{self.pods[i]}"
 
     def setup_req(self, ep: CceEndpoint, pod: int) -> SetupRequest:
+        """As the gateway asks after ipam recorded the endpoint (with the pod's netns): the datapath reads it."""
+        self.records.put(ep.model_copy(update={"netns": self.pod_ns(pod)}))
         return SetupRequest(node=ep.node, container_id=ep.container_id, ifname=ep.ifname, netns=self.pod_ns(pod),
                             endpoint=ep)
 

@@ -35,6 +35,7 @@ from schemas.subjects import (
     EVENTS_WILDCARD,
     NODE_DATAPATH,
     endpoint_key,
+    eni_on_node_key,
 )
 from services.node_datapath.domain import host_veth_name
 from services.node_datapath.main import build
@@ -70,7 +71,7 @@ async def put_records(bus: Bus, *endpoints: CceEndpoint, eni: Eni | None = None)
 
 
 async def eni_on_node(bus: Bus) -> EniOnNode | None:
-    item = await Store(await bus.bucket(ENI_ON_NODE), EniOnNode, ENI_ON_NODE.name).get(ENI_ID)
+    item = await Store(await bus.bucket(ENI_ON_NODE), EniOnNode, ENI_ON_NODE.name).get(eni_on_node_key(NODE, ENI_ID))
     return item.value if item else None
 
 

@@ -112,11 +112,11 @@ async def test_node_overrides_come_from_labels_and_annotations(plane: tuple[Clus
                       labels={"cce.io/network-mode": "vpc-eni", "cce.io/allow-exclusive-eni": "true"},
                       annotations={"cce.io/min-allocate": "4", "cce.io/max-enis": "2"})
 
-    async def registered() -> bool:
+    async def registered() -> bool:  # the capacity comes in a second write (the status), as a kubelet's may
         nrs = await c.nrs("node-1")
-        return nrs is not None and nrs.spec.pool.min_allocate == 4
+        return nrs is not None and nrs.spec.pool.min_allocate == 4 and nrs.spec.max_pods == 64
 
-    await until(registered, 20, "node-1 registered with its overrides")
+    await until(registered, 20, "node-1 registered with its overrides and its capacity's max pods")
     nrs = await c.nrs("node-1")
     assert nrs is not None
     assert (nrs.spec.max_pods, nrs.spec.max_enis, nrs.spec.allow_exclusive) == (64, 2, True)

@@ -204,8 +204,8 @@ def test_pods_keep_working_across_node_service_restarts(stack: Path, six_pods: d
 def test_a_pod_whose_record_is_gone_is_cleaned_from_the_node_by_resync(stack: Path,
                                                                      six_pods: dict[str, Any]) -> None:
     from cce_net.pods import Pods
+    from cce_net.stack import client_settings
     from chassis.bus import Bus
-    from chassis.config import ChassisSettings
     from schemas.subjects import ENDPOINTS, endpoint_key
 
     record = Pods(stack).store.get("team-b", "db-1")
@@ -215,7 +215,7 @@ def test_a_pod_whose_record_is_gone_is_cleaned_from_the_node_by_resync(stack: Pa
     assert leftovers(stack, "node-1", ip, veth)
 
     async def drop_endpoint() -> None:
-        bus = await Bus.connect(ChassisSettings(nats_url=(read_state(stack) or {})["nats_url"]), name="test")
+        bus = await Bus.connect(client_settings(None, stack), name="test")  # as the stack's admin
         try:
             kv = await bus.bucket(ENDPOINTS)
             await kv.delete(endpoint_key("node-1", record.container_id, record.ifname))

@@ -190,3 +190,42 @@ def test_down_leaves_no_process_or_namespace_behind(tmp_path: Path) -> None:
     assert [p for p in pids if pid_alive(p)] == []
     assert read_state(tmp_path) is None
     assert [n for n in _netns() if n.startswith(prefix + "-")] == []
+
+
+def test_a_nats_server_of_ones_own_set_up_as_the_readme_says(tmp_path: Path) -> None:
+    """`cce-net bus setup` for a server the user runs, that server, then `cce-net up` against it with the
+    identities: the stack runs with each process's own credentials and TLS, and the tools work as the admin."""
+    from chassis.embedded_nats import find_nats_server, free_port
+
+    bus_dir, state_dir, port = tmp_path / "bus", tmp_path / "stack", free_port()
+    result = subprocess.run([sys.executable, "-m", "cce_net", "bus", "setup", "--dir", str(bus_dir), "--nodes",
+                             "node-1,node-2", "--port", str(port), "--store", str(tmp_path / "js")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    server = subprocess.Popen([find_nats_server(), "-c", str(bus_dir / "nats-server.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"tls://127.0.0.1:{port}"
+        up = cce_net("up", "--detach", "--nodes", "2", "--nats-url", url, "--creds-dir", str(bus_dir),
+                     "--nats-ca", str(bus_dir / "ca.pem"), state_dir=state_dir, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        try:
+            state = read_state(state_dir) or {}
+            assert state["bus"] == {"url": url, "creds_dir": str(bus_dir), "ca": str(bus_dir / "ca.pem")}
+
+            def pools_filled() -> bool:
+                status = json.loads(cce_net("status", "--json", state_dir=state_dir).stdout or "{}")
+                nodes = {n["name"]: n for n in status.get("nodes", [])}
+                return set(nodes) == {"node-1", "node-2"} and all(n["status"]["ready"] for n in nodes.values())
+
+            deadline = time.monotonic() + 60
+            while not pools_filled():
+                assert time.monotonic() < deadline, "the nodes' pools did not fill on the user's server"
+                time.sleep(0.5)
+            services = json.loads(cce_net("svc", "ls", "--json", "--timeout", "2", state_dir=state_dir).stdout)
+            assert {s["name"] for s in services} >= {"ipam", "eni_manager", "route_manager"}
+        finally:
+            cce_net("down", state_dir=state_dir)
+    finally:
+        server.terminate()
+        server.wait(15)

@@ -162,7 +162,7 @@ class Gateway:
             allocated: AllocateReply = await call(
                 self.bus, IPAM_ALLOCATE,
                 AllocateRequest(node=self.node, container_id=req.container_id, ifname=req.ifname, pod=req.pod,
-                                wait_s=wait_s, exclusive=domain.wants_exclusive_eni(req.args, info)),
+                                wait_s=wait_s, exclusive=domain.wants_exclusive_eni(req.args, info), netns=req.netns),
                 timeout=wait_s + self.settings.call_timeout_s)
         except CceError as err:
             raise domain.failure_of(err, "allocate") from None

@@ -260,8 +260,8 @@ def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: dat
                                   eni_id=eni.eni_id, subnet_id=eni.subnet_id, route_table=table)
     return CceEndpoint(node=req.node, container_id=req.container_id, ifname=req.ifname, namespace=req.pod.namespace,
                        pod=req.pod.name, pod_uid=req.pod.uid, mode=mode, state=EndpointState.ALLOCATED,
-                       addresses=[address], created_at=now, expires_at=now + timedelta(seconds=ttl_s),
-                       updated_at=now)
+                       addresses=[address], netns=req.netns, created_at=now,
+                       expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
 
 
 def confirm_endpoint(endpoint: CceEndpoint, host_veth: str, now: datetime) -> CceEndpoint:

@@ -23,13 +23,13 @@ from chassis.bus import Bus
 from chassis.logs import get_logger
 from schemas.base import utcnow
 from schemas.events import Event
-from schemas.subjects import EVENTS_PREFIX, EVENTS_STREAM
+from schemas.subjects import BRIDGE_EVENTS_CONSUMER, EVENTS_PREFIX, EVENTS_STREAM
 from services.k8s_bridge.kube import STRATEGIC_PATCH, KubeApi, KubeError
 from services.k8s_bridge.kubeevents import ADD_FAILED, KubeEvent, SpamFilter, from_bus_event
 
 log = get_logger("k8s_bridge.events")
 
-CONSUMER = "k8s_bridge_events"
+CONSUMER = BRIDGE_EVENTS_CONSUMER
 # what the bridge may turn into Kubernetes Events: ADD failures, and whatever concerns nodes
 FILTERS = [f"{EVENTS_PREFIX}.endpoint.*.{ADD_FAILED}", *(f"{EVENTS_PREFIX}.{kind}.>" for kind in
                                                          ("node", "eni", "ip", "route", "cidr", "subnet", "datapath"))]

@@ -11,7 +11,7 @@ import errno
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from chassis import netns
 from chassis.logs import get_logger
@@ -56,6 +56,8 @@ from services.node_datapath.domain import (
 from services.node_datapath.exclusive import ExclusiveEnis
 from services.node_datapath.netlink import Kernel
 
+R = TypeVar("R", SetupRequest, CheckRequest)
+
 log = get_logger("node_datapath")
 
 ENI_POLL_S = 0.1
@@ -68,6 +70,10 @@ class Records(Protocol):
     def endpoints(self) -> list[CceEndpoint]: ...
 
     def endpoint(self, key: str) -> CceEndpoint | None: ...
+
+    async def fetch_endpoint(self, key: str) -> CceEndpoint | None:
+        """The endpoint as ipam recorded it, read afresh when the view has not seen it yet (it is ms old)."""
+        ...
 
     def enis(self) -> dict[str, Eni]: ...
 
@@ -123,12 +129,10 @@ class NodeDatapath:
     # -- requests -----------------------------------------------------------------------------------------------
 
     async def setup(self, req: SetupRequest) -> SetupReply:
+        req = await self._trusted(req)
         if req.endpoint.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
-            self._match(req.endpoint, req.container_id, req.ifname)
-            self._check_netns(req.netns)
             return await self.exclusive.setup(req)
         want = self._want(req.endpoint, req.container_id, req.ifname)
-        self._check_netns(req.netns)
         if want.eni_id and req.endpoint.mode is NetworkMode.VPC_ENI:
             await self.ensure_eni(want.eni_id)
             want = self._want(req.endpoint, req.container_id, req.ifname)
@@ -151,12 +155,10 @@ class NodeDatapath:
         )
 
     async def check(self, req: CheckRequest) -> CheckReply:
+        req = await self._trusted(req, missing_ok=True)
         if req.endpoint.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
-            self._match(req.endpoint, req.container_id, req.ifname)
-            self._check_netns(req.netns, missing_ok=True)
             return await self.exclusive.check(req)
         want = self._want(req.endpoint, req.container_id, req.ifname)
-        self._check_netns(req.netns, missing_ok=True)
         try:
             node = await self.kernel.snapshot()
             pod = await self.kernel.pod_state(req.netns)
@@ -168,7 +170,8 @@ class NodeDatapath:
     async def teardown(self, req: TeardownRequest) -> TeardownReply:
         """Remove what is left of a pod interface; succeeds when nothing is (netns gone, endpoint unknown)."""
         key = endpoint_key(self.node, req.container_id, req.ifname)
-        endpoint = req.endpoint or self.records.endpoint(key)
+        # what ipam recorded, when it still has it; the request's copy only for an endpoint already released
+        endpoint = await self.records.fetch_endpoint(key) or req.endpoint
         if (endpoint is not None and endpoint.mode is NetworkMode.VPC_ENI_EXCLUSIVE) or (
                 endpoint is None and self.exclusive.held_by(key) is not None):
             return await self.exclusive.teardown(req, endpoint)
@@ -204,6 +207,23 @@ class NodeDatapath:
         log.info("pod torn down", container_id=req.container_id, ifname=req.ifname, ip=ip, removed=removed)
         return TeardownReply(removed=removed)
 
+    async def _trusted(self, req: R, missing_ok: bool = False) -> R:
+        """The request with what it may not decide taken from the endpoint record ipam wrote: the addresses, ENI,
+        gateway and netns. A request naming no recorded endpoint of this node, or a netns that is not a pod's (the
+        node's own, the host's), is refused and changes nothing."""
+        key = endpoint_key(self.node, req.container_id, req.ifname)
+        record = await self.records.fetch_endpoint(key)
+        if record is None:
+            raise CceError(ErrorReason.ENDPOINT_NOT_FOUND, f"no endpoint {key} is recorded: the datapath programs "
+                           "only what ipam allocated", node=self.node, key=key)
+        self._match(record, req.container_id, req.ifname)
+        netns_path = record.netns or req.netns
+        if record.netns and req.netns and req.netns != record.netns:
+            log.warning("request's netns differs from the endpoint's; using the endpoint's", key=key,
+                        requested=req.netns, recorded=record.netns)
+        self._check_netns(netns_path, missing_ok=missing_ok)
+        return req.model_copy(update={"endpoint": record, "netns": netns_path})
+
     def _match(self, endpoint: CceEndpoint, container_id: str, ifname: str) -> None:
         if (endpoint.node, endpoint.container_id, endpoint.ifname) != (self.node, container_id, ifname):
             raise CceError(ErrorReason.INVALID_REQUEST,
@@ -219,6 +239,8 @@ class NodeDatapath:
 
     def _check_netns(self, path: str, missing_ok: bool = False) -> None:
         try:
+            if netns.same_namespace(path, self.kernel.node_ns or netns.SELF) or netns.same_namespace(path, netns.HOST):
+                raise NetnsError(f"{path} is the node's own network namespace, not a pod's", code=errno.EPERM)
             netns.check_namespace(path)
         except NetnsError as exc:
             if missing_ok and exc.errno == errno.ENOENT:

@@ -27,6 +27,7 @@ from schemas.subjects import (
     ENIS,
     NODE_DATAPATH,
     NODES,
+    eni_on_node_key,
 )
 from services.node_datapath.datapath import NodeDatapath, Timing
 from services.node_datapath.netlink import Kernel
@@ -39,6 +40,7 @@ class CachedRecords:
     """Records from the watch caches (filled in once they are loaded)."""
 
     def __init__(self) -> None:
+        self.endpoint_store: Store[CceEndpoint] | None = None
         self.endpoint_cache: KvCache[CceEndpoint] | None = None
         self.eni_cache: KvCache[Eni] | None = None
         self.node_cache: KvCache[NetResourceSet] | None = None
@@ -48,6 +50,13 @@ class CachedRecords:
 
     def endpoint(self, key: str) -> CceEndpoint | None:
         return self.endpoint_cache.get(key) if self.endpoint_cache else None
+
+    async def fetch_endpoint(self, key: str) -> CceEndpoint | None:
+        cached = self.endpoint(key)
+        if cached is not None or self.endpoint_store is None:
+            return cached
+        item = await self.endpoint_store.get(key)
+        return item.value if item else None
 
     def enis(self) -> dict[str, Eni]:
         return {e.eni_id: e for e in self.eni_cache.values()} if self.eni_cache else {}
@@ -63,11 +72,10 @@ class BusReporter:
         self.events = events
 
     async def eni_state(self, record: EniOnNode) -> None:
-        await self.store.mutate(record.eni_id, lambda _: record)
+        await self.store.mutate(eni_on_node_key(self.node, record.eni_id), lambda _: record)
 
     async def eni_gone(self, eni_id: str) -> None:
-        await self.store.mutate(eni_id, lambda current: None if current is None or current.node == self.node
-                                else current)
+        await self.store.mutate(eni_on_node_key(self.node, eni_id), lambda _: None)
 
     async def event(self, kind: EventKind, what: str, *, message: str, object: str = "",
                     reason: ErrorReason | None = None, **data: Any) -> None:
@@ -90,7 +98,7 @@ async def build(proc: ServiceProcess, settings: DatapathSettings | None = None) 
     store: Store[EniOnNode] = await proc.store(ENI_ON_NODE)
     datapath = NodeDatapath(node, Kernel(settings.datapath_netns), records, BusReporter(node, store, proc.events),
                             timing)
-    datapath.adopt_reported([v.value for v in (await store.list()).values()])
+    datapath.adopt_reported([v.value for v in (await store.list(f"{subject_token(node)}.")).values()])
 
     def on_endpoint(key: str, item: Versioned[Any] | None) -> None:
         """Only an endpoint that vanished without a teardown matters between periods (its pod is stale): new and
@@ -126,6 +134,7 @@ async def build(proc: ServiceProcess, settings: DatapathSettings | None = None) 
             seen[key] = facts
             datapath.kick()
 
+    records.endpoint_store = await proc.store(ENDPOINTS)
     records.endpoint_cache = await proc.cache(ENDPOINTS, on_endpoint)
     records.node_cache = await proc.cache(NODES, on_node)
     records.eni_cache = await proc.cache(ENIS, on_eni)

@@ -57,10 +57,11 @@ class _Requests:
 class SimAdmin:
     """Async admin client. Use as `async with SimAdmin(url) as admin:` or call `close()` when done."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, token: str = "") -> None:
         self.url = url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def __aenter__(self) -> SimAdmin:
         return self
@@ -76,7 +77,7 @@ class SimAdmin:
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        async with self._session.request(method, self.url + path, json=body) as resp:
+        async with self._session.request(method, self.url + path, json=body, headers=self._headers) as resp:
             raw = await resp.read()
             if resp.status // 100 != 2:
                 raise _error(resp.status, raw)
@@ -138,14 +139,16 @@ class SimAdmin:
 class SimAdminSync:
     """The same calls, blocking, over urllib (no event loop needed)."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, token: str = "") -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.token = token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        headers = {**self._headers, **({"Content-Type": "application/json"} if data else {})}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -254,11 +255,29 @@ def model_json(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def build_app(sim: SimApp) -> web.Application:
+def admin_guard(token: str) -> Any:
+    """With a token, /admin/... answers only requests that carry it (`Authorization: Bearer <token>`)."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/admin/"):
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                log.warning("vpc_sim.admin_refused", path=request.path, remote=request.remote)
+                return web.json_response({"code": "AccessDenied", "message": "the admin API wants the admin's "
+                                          "token (Authorization: Bearer ...)"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return guard
+
+
+def build_app(sim: SimApp, admin_token: str = "") -> web.Application:
     from services.vpc_sim.routes_admin import add_admin_routes
     from services.vpc_sim.routes_bce import add_bce_routes
 
-    app = web.Application(middlewares=[coded_http_errors], client_max_size=1024 * 1024)
+    middlewares = [admin_guard(admin_token)] if admin_token else []
+    app = web.Application(middlewares=[*middlewares, coded_http_errors], client_max_size=1024 * 1024)
     add_bce_routes(app, sim)
     add_admin_routes(app, sim)
     app.router.add_get("/healthz", sim.healthz)

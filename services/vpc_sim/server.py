@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chassis.config import read_secret
 from chassis.logs import get_logger
 from services.vpc_sim.api import SimApp, build_app
 from services.vpc_sim.domain import SimCloud
@@ -37,6 +38,11 @@ class SimSettings(BaseSettings):
     state_file: Path | None = Field(None, description="JSON state file; None keeps the state in memory")
     access_key: str = "cce-sim-ak"
     secret_key: str = "cce-sim-sk"
+    access_key_file: Path | None = Field(None, description="the access key from a file (a mounted Secret)")
+    secret_key_file: Path | None = Field(None, description="the secret key from a file")
+    admin_token: str = Field("", description="when set, the admin API (/admin/...) wants `Authorization: Bearer "
+                                             "<token>`: the admin's (its info shows the keys)")
+    admin_token_file: Path | None = Field(None, description="the admin token from a file")
     region: str = "bj"
     vpc_cidr: str = "10.0.0.0/8"
     zone: str = Field("zoneA", description="zone of the default subnet")
@@ -57,6 +63,15 @@ class SimSettings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else None
         return value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> SimSettings:
+        for field, setting in (("access_key", "CCE_SIM_ACCESS_KEY_FILE"), ("secret_key", "CCE_SIM_SECRET_KEY_FILE"),
+                               ("admin_token", "CCE_SIM_ADMIN_TOKEN_FILE")):
+            value = read_secret(getattr(self, f"{field}_file"), setting)
+            if value is not None:
+                setattr(self, field, value)
+        return self
 
 
 class SimServer:
@@ -83,7 +98,7 @@ class SimServer:
         self._sim = SimApp(cloud, credentials={s.access_key: s.secret_key}, injector=injector,
                            state_file=s.state_file, fabric=fabric, fabric_reason=reason, clock=self._clock,
                            region=s.region)
-        self._runner = web.AppRunner(build_app(self._sim), access_log=None)
+        self._runner = web.AppRunner(build_app(self._sim, admin_token=s.admin_token), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
         await site.start()
