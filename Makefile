@@ -15,7 +15,7 @@ CNI_PLUGIN := build/cni/cce
 # kube-apiserver and kubectl for the tests and `cce-net up --kube`, built from the Go module, cached per machine
 # (the release: tools/build-kube.sh's default, which cce_net/kubelocal.py names too)
 
-.PHONY: setup up up-detached up-kube down status lint typecheck api compose manifests test bench cni-plugin kube-tools clean
+.PHONY: setup up up-detached up-kube down status lint typecheck api compose manifests test bench bench-cri chaos cni-plugin kube-tools clean
 .PHONY: helm helm-lint helm-template
 
 $(VENV)/.installed: pyproject.toml
@@ -66,6 +66,18 @@ test: setup lint typecheck kube-tools helm
 bench: setup
 	$(PY) bench/bus.py
 	$(PY) bench/cloud.py
+
+# pod churn under a seeded fault schedule with the invariant checker (bench/chaos.py --help); e.g.
+# make chaos CHAOS_ARGS='--ops 20000 --nodes 50', or as root CHAOS_ARGS='--fabric --ops 2000 --nodes 4'
+CHAOS_ARGS ?= --ops 500 --nodes 3
+chaos: setup
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+# pod sandbox start through a private containerd's CRI (root; Debian's containerd, installed when missing): our plugin
+# against bridge + host-local in the same run (bench/cri.py --help); e.g. make bench-cri CRI_ARGS='--sandboxes 10'
+CRI_ARGS ?= --sandboxes 30
+bench-cri: setup cni-plugin
+	PATH="$$(dirname $(GO)):$$PATH" $(PY) bench/cri.py $(CRI_ARGS)
 
 cni-plugin: $(CNI_PLUGIN)
 

@@ -26,8 +26,12 @@ Modes (`--mode`, or `all`: one stack per mode, one after the other, the referenc
   (sequential: ADD then DEL, one pod at a time; concurrent: a batch of up to --concurrency ADDs, then their DELs),
   after a warm-up that leaves that many ENIs attached and free; ENI cooldown 0.
 
+Tracing (`--tracing compare`, the default; `only`: nothing else): one more stack, two vpc-eni nodes, node-1's
+gateway tracing every CNI command and node-2's with CCE_TRACING=false (plugin: the last of --plugins, native when
+built); sequential ADDs (then DELs) alternate between them in blocks of 10, and the p50s are printed side by side.
+
 Run:  .venv/bin/python bench/cni.py [--pods 100] [--concurrency 20] [--mode vpc-eni|vpc-route|...|all]
-                                   [--plugins python,native]
+                                   [--plugins python,native] [--tracing compare|skip|only]
 """
 
 from __future__ import annotations
@@ -128,7 +132,8 @@ def wait_record(stack: LocalStack, bucket: Any, node: str, reached: Callable[[An
     from chassis.config import ChassisSettings
 
     async def poll() -> float:
-        bus = await Bus.connect(ChassisSettings(nats_url=stack.url), name="bench-cni")
+        settings = stack.access.settings() if stack.access is not None else ChassisSettings(nats_url=stack.url)
+        bus = await Bus.connect(settings, name="bench-cni")
         try:
             kv = await bus.bucket(bucket)
             t0 = time.monotonic()
@@ -239,11 +244,86 @@ def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[s
     return figures
 
 
+def restart_gateway(stack: LocalStack, node: str, env: dict[str, str], timeout: float = 60) -> None:
+    """Run the node's cni_gateway again with `env` added (the stack's other processes keep running)."""
+    proc = next(p for p in stack.procs if p.service.name == "cni_gateway" and p.node == node)
+    assert proc.popen is not None
+    proc.popen.terminate()
+    proc.popen.wait(timeout=30)
+    proc.extra_env = {**proc.extra_env, **env}
+    stack._spawn(proc)
+    stack._wait_healthy(timeout, [proc])
+
+
+def tracing_comparison(args: argparse.Namespace, tmp: Path, block: int = 10) -> dict[str, dict[str, list[float]]]:
+    """ADD/DEL with tracing on and off in one run, on one stack: node-1's gateway traces every CNI command (so
+    ipam, node_datapath and eni_manager continue its traces), node-2's runs with CCE_TRACING=false (its requests
+    carry no trace, so nothing downstream makes a span for them). Sequential ADDs alternate between the two nodes
+    in blocks of `block`, then the DELs, so drift on a noisy machine hits both alike."""
+    pods = min(args.pods, MAX_PODS["vpc-eni"])
+    pool: dict[str, object] = {"min_allocate": pods + 5, "pre_allocate": pods, "max_above_watermark": 110,
+                               "cooldown_s": 0}
+    os.environ["CCE_SIM_FABRIC_PREFIX"] = f"bt{os.getpid() % 100000}"
+    stack = LocalStack(tmp / "tracing", nodes=2, mode="vpc-eni", pool=pool, say=lambda m: print(m, file=sys.stderr))
+    try:
+        stack.start(timeout=90)
+        restart_gateway(stack, "node-2", {"CCE_TRACING": "false"})
+        networks = {}
+        for label, node in (("on", "node-1"), ("off", "node-2")):
+            info = stack.node_info[node]
+            conflist = load_conflist(Path(info["conf_dir"]) / "10-cce.conflist")
+            bin_dir = plugin_dirs(args.plugins[-1:], tmp / f"tracing-{label}")[args.plugins[-1]]
+            networks[label] = CniNetwork(conflist, CniRuntime([bin_dir], exec_netns=f"/run/netns/{info['netns']}"))
+            wait_pool(stack, node, pods, timeout=180)
+        items = {label: [(f"t{label}{i:04d}{os.getpid()}", f"cce-bench-t{label}{i}") for i in range(pods)]
+                 for label in networks}
+        out: dict[str, dict[str, list[float]]] = {label: {"ADD": [], "DEL": []} for label in networks}
+        results: dict[str, object] = {}
+        for label_items in items.values():
+            for _, ns in label_items:
+                create_netns(ns)
+        try:
+            for command in ("ADD", "DEL"):
+                for first in range(0, pods, block):
+                    for label, network in networks.items():
+                        chunk = items[label][first:first + block]
+
+                        def run(cid: str, ns: str, network: CniNetwork = network, command: str = command) -> None:
+                            if command == "ADD":
+                                results[cid] = network.add(cid, f"/run/netns/{ns}", "eth0", ARGS.format(name=cid))
+                            else:
+                                network.delete(cid, f"/run/netns/{ns}", "eth0", ARGS.format(name=cid),
+                                               results.get(cid))  # type: ignore[arg-type]
+
+                        out[label][command] += timed_runs(network, command, chunk, run, 1)
+        finally:
+            for label_items in items.values():
+                for _, ns in label_items:
+                    remove_netns(ns)
+        return out
+    finally:
+        stack.stop()
+        from services.vpc_sim.fabric import Fabric
+
+        asyncio.run(Fabric(prefix=stack.fabric_prefix).teardown())
+
+
+def print_tracing(figures: dict[str, dict[str, list[float]]], plugin: str) -> None:
+    print(f"\ntracing on (node-1) vs off (node-2), same stack, alternating blocks; plugin {plugin}, sequential:")
+    for op in ("ADD", "DEL"):
+        on, off = figures["on"][op], figures["off"][op]
+        print(f"  {op}: on p50 {ms(on, .5):.2f} ms p95 {ms(on, .95):.2f} ms | off p50 {ms(off, .5):.2f} ms "
+              f"p95 {ms(off, .95):.2f} ms | p50 on/off x{ms(on, .5) / ms(off, .5):.3f} (n={len(on)}, {len(off)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--mode", choices=[*MODES, "all"], default="vpc-eni", help="network mode(s) of our node")
+    parser.add_argument("--tracing", choices=["compare", "skip", "only"], default="compare",
+                        help="compare: also ADD/DEL with tracing on vs off on one two-node stack (vpc-eni); "
+                             "only: just that")
     parser.add_argument("--plugins", type=lambda v: [k.strip() for k in v.split(",") if k.strip()],
                         default=["python", "native"] if NATIVE_BUILD.is_file() else ["python"],
                         help="our plugins to run, e.g. python,native (default: both when the native one is built)")
@@ -258,6 +338,12 @@ def main() -> None:
         raise SystemExit(f"needs the reference plugins in {REFERENCE_PLUGINS} "
                          "(apt-get install containernetworking-plugins)")
     tmp = Path(tempfile.mkdtemp(prefix="cce-bench-cni-"))
+    if args.tracing == "only":
+        try:
+            print_tracing(tracing_comparison(args, tmp), args.plugins[-1])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     ref_ns = f"cce-bench-ref{os.getpid() % 100000}"
     try:
         figures: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -273,7 +359,10 @@ def main() -> None:
         for conc in sorted({int(m.split()[0]) for _, m in figures if m != "sequential"}):
             references[f"{conc} concurrent"] = phase(ref, f"rc{conc}x", pods, conc)
         wrap = wrapper_cost(ref_ns)
+        traced = tracing_comparison(args, tmp) if args.tracing == "compare" else None
         print_table(figures, references)
+        if traced is not None:
+            print_tracing(traced, args.plugins[-1])
         print(f"harness wrapper alone (nsenter --net=... /bin/true): p50 {ms(wrap, .5):.1f} ms, "
               f"p99 {ms(wrap, .99):.1f} ms (included in every figure above)")
         print(json.dumps({f"{p}|{m}|{op}": round(ms(v, .5), 2)

@@ -18,7 +18,13 @@ IP. `--cloud-limits default` keeps the adapter's reference rate limits (batch ad
 measured. Allocations are not confirmed (no datapath), so the allocation TTL is raised to 1 h. The simulator shares
 this process's event loop with the load generator, so on a small machine the figures are lower bounds.
 
+`--scenario lookahead` measures the pool's look-ahead instead: 100 sequential allocations on one warm node (none
+should wait for a refill: p95 <= 1.5x p50), then 110 concurrent allocations on a node registered at that moment with
+the simulator's ENI attach latency at 3 s, printed as a timeline (first IP, each ENI, last pod) against the bound
+ENIs x attach latency + 2 s.
+
 Run:  .venv/bin/python bench/ipam.py [--nodes 200] [--pods 50] [--concurrency 64] [--cloud-limits default|wide]
+      .venv/bin/python bench/ipam.py --scenario lookahead [--sequential 100] [--cold 110] [--attach-s 3]
 """
 
 from __future__ import annotations
@@ -29,16 +35,16 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-from _table import Result, print_table  # bench/ comes first on sys.path when run as a script...
-from prometheus_client.parser import text_string_to_metric_families
+from _plane import Processes, cpu_seconds, served, sim_calls
+from _table import Result, pct, print_table  # bench/ comes first on sys.path when run as a script...
 
 # ...where this file's neighbour cloud.py would shadow the `cloud` package: drop bench/ before importing it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -47,7 +53,6 @@ from chassis.bus import Bus  # noqa: E402
 from chassis.config import ChassisSettings  # noqa: E402
 from chassis.embedded_nats import EmbeddedNats  # noqa: E402
 from chassis.logs import configure_logging  # noqa: E402
-from chassis.procs import parent_death_signal  # noqa: E402
 from chassis.rpc import call  # noqa: E402
 from cloud.port import MAX_IPS_PER_BATCH, CloudApi  # noqa: E402
 from schemas.errors import CceError  # noqa: E402
@@ -64,60 +69,37 @@ RETRIES = 5
 PROGRESS_S = 30.0
 ENIS_PER_NODE = 8
 PROCS = (("em-1", "services.eni_manager"), ("ipam-1", "services.ipam"), ("ipam-2", "services.ipam"))
+IPAM_SIDS = [sid for sid, module in PROCS if module == "services.ipam"]
 
 
 class ControlPlane:
-    """eni_manager and ipam as subprocesses in their own sessions (Ctrl-C reaches only us; we stop them)."""
+    """eni_manager and two ipam replicas as processes (bench/_plane.py) on this NATS and simulator."""
 
     def __init__(self, nats_url: str, sim: SimServer, logs: Path, wide: bool) -> None:
-        self.env = {**os.environ, "CCE_NATS_URL": nats_url, "CCE_HTTP_PORT": "0", "CCE_LOG_LEVEL": "info",
-                    "CCE_CLOUD_ENDPOINT": sim.url, "CCE_CLOUD_ACCESS_KEY": sim.access_key,
-                    "CCE_CLOUD_SECRET_KEY": sim.secret_key, "CCE_ALLOCATION_TTL_S": "3600"}
+        env = {**os.environ, "CCE_NATS_URL": nats_url, "CCE_HTTP_PORT": "0", "CCE_LOG_LEVEL": "info",
+               "CCE_CLOUD_ENDPOINT": sim.url, "CCE_CLOUD_ACCESS_KEY": sim.access_key,
+               "CCE_CLOUD_SECRET_KEY": sim.secret_key, "CCE_ALLOCATION_TTL_S": "3600"}
         if wide:
-            self.env["CCE_CLOUD_RATE_LIMITS"] = json.dumps({api.value: [1e6, 1_000_000] for api in CloudApi})
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+            env["CCE_CLOUD_RATE_LIMITS"] = json.dumps({api.value: [1e6, 1_000_000] for api in CloudApi})
+        self.processes = Processes(env, logs)
 
     def start(self) -> None:
         for sid, module in PROCS:
-            with open(self.logs / f"{sid}.log", "ab") as out:
-                self.procs[sid] = subprocess.Popen(
-                    [sys.executable, "-m", module], env={**self.env, "CCE_SERVICE_ID": sid}, stdout=out,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    preexec_fn=parent_death_signal)
+            self.processes.start(sid, module)
 
     async def wait_started(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not all("service started" in (self.logs / f"{sid}.log").read_text(errors="replace") for sid, _ in PROCS):
-            dead = [sid for sid, p in self.procs.items() if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"control plane did not start (exited: {dead}); see the logs in {self.logs}")
-            await asyncio.sleep(0.1)
+        await self.processes.wait_started([sid for sid, _ in PROCS], timeout)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for sid, proc in self.procs.items():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                print(f"{sid} did not stop within 15 s of SIGTERM: killed")
-                proc.kill()
-                proc.wait()
+        self.processes.stop()
 
-
-async def sim_calls(session: aiohttp.ClientSession, url: str) -> Counter[str]:
-    """The simulator's BCE call counter by api (a non-OK reply code is appended: `api[Code]`)."""
-    async with session.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    calls: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "cce_sim_calls_total":
-                code = s.labels["code"]
-                calls[s.labels["api"] + ("" if code == "OK" else f"[{code}]")] += int(s.value)
-    return calls
+    async def ipam_figures(self, session: aiohttp.ClientSession) -> list[tuple[int, float, float]]:
+        """Per ipam replica: (allocates served, seconds serving them, CPU seconds used)."""
+        figures = []
+        for sid in IPAM_SIDS:
+            count, secs = await served(session, self.processes.http_port(sid), IPAM_ALLOCATE.name)
+            figures.append((count, secs, cpu_seconds(self.processes.procs[sid].pid)))
+        return figures
 
 
 async def ticker(what: str, done: list[int], total: int, started: float) -> None:
@@ -239,12 +221,18 @@ async def bench(args: argparse.Namespace, tmp: Path, nats_url: str) -> None:
             reply = await call(bus, IPAM_RELEASE, ReleaseRequest(node=node, container_id=cid), timeout=30)
             released[0] += reply.released
 
+        before = await plane.ipam_figures(session)
         alloc_lat, alloc_ns, alloc_fail = await drive("allocations", keys, args.concurrency, allocate)
+        after = await plane.ipam_figures(session)
         after_alloc = await sim_calls(session, sim.url)
         allocated = len(alloc_lat)
         waited = sum(1 for ns in alloc_lat if ns > WAITED_NS)
         print(f"phase 2 allocations: {allocated}/{len(keys)} in {alloc_ns / 1e9:.1f} s, {waited} waited for a refill"
               f" (> {WAITED_NS // 1_000_000} ms), {retried[0]} retried, failed: {dict(alloc_fail) or 0}", flush=True)
+        print("  server side (each ipam replica's /metrics and /proc): " + ", ".join(
+            f"{sid} {n1 - n0} allocates, {(t1 - t0) / max(n1 - n0, 1) * 1e3:.2f} ms each, CPU "
+            f"{(c1 - c0) / (alloc_ns / 1e9):.2f} of a core"
+            for sid, ((n0, t0, c0), (n1, t1, c1)) in zip(IPAM_SIDS, zip(before, after, strict=True), strict=True)))
 
         random.Random(2).shuffle(keys)  # release every key: releasing a failed allocation's key is a no-op
         rel_lat, rel_ns, rel_fail = await drive("releases", keys, args.concurrency, release)
@@ -258,6 +246,105 @@ async def bench(args: argparse.Namespace, tmp: Path, nats_url: str) -> None:
             print_table(results, rate="calls/s")
         print()
         report_calls(after_warm - base, after_alloc - after_warm, after_rel - after_alloc, allocated)
+    finally:
+        if bus is not None:
+            await bus.close()
+        plane.stop()
+        await session.close()
+        await admin.close()
+        await sim.stop()
+
+
+# ---- --scenario lookahead: one warm node's sequential pods, one cold node's burst --------------------------------
+
+
+async def join(bus: Bus, admin: SimAdmin, name: str, max_pods: int) -> None:
+    inst = await admin.create_instance(name=name, cpus=8, memory_mib=32 * 1024)
+    await call(bus, NODE_REGISTER, NodeRegisterRequest(
+        node=name, instance_id=inst["id"], instance_type=inst["instanceType"], zone=inst["zoneName"], cpus=8,
+        memory_mib=32 * 1024, max_pods=max_pods), timeout=10)
+
+
+async def allocate_once(bus: Bus, node: str, cid: str) -> None:
+    req = AllocateRequest(node=node, container_id=cid, pod=PodRef(namespace="bench", name=cid), wait_s=120)
+    await call(bus, IPAM_ALLOCATE, req, timeout=130)
+
+
+async def sequential(bus: Bus, admin: SimAdmin, session: aiohttp.ClientSession, url: str, count: int) -> None:
+    """`count` allocations one after the other on a node whose pool starts at min-allocate: none should wait."""
+    node = "warm-0"
+    await join(bus, admin, node, 110)
+    await warm_up(bus, [node], MIN_ALLOCATE)
+    before = await sim_calls(session, url)
+    lat: list[int] = []
+    started = time.perf_counter_ns()
+    for i in range(count):
+        t0 = time.perf_counter_ns()
+        await allocate_once(bus, node, f"seq-{i:03d}")
+        lat.append(time.perf_counter_ns() - t0)
+    wall = time.perf_counter_ns() - started
+    calls = await sim_calls(session, url) - before
+    print(f"\n{count} sequential allocations on a warm node (pool at min-allocate {MIN_ALLOCATE} first):")
+    print_table([Result("allocate", "sequential", lat, wall)], rate="calls/s")
+    ordered = sorted(lat)
+    p50, p95 = pct(ordered, 0.5), pct(ordered, 0.95)
+    waited = sum(1 for ns in lat if ns > WAITED_NS)
+    print(f"p50 {p50 / 1e6:.2f} ms, p95 {p95 / 1e6:.2f} ms: p95/p50 x{p95 / p50:.2f} (target <= x1.5),"
+          f" max {ordered[-1] / 1e6:.1f} ms; {waited} waited for a refill (> {WAITED_NS // 1_000_000} ms);"
+          f" cloud calls {dict(calls)} = {sum(calls.values()) / count:.3f} per IP")
+
+
+async def cold_node(bus: Bus, admin: SimAdmin, count: int, attach_s: float) -> None:
+    """`count` concurrent allocations on a node registered at that moment, ENI attach taking `attach_s`: the
+    timeline of the first IP, each ENI in use and the last pod, against ENIs x attach latency + 2 s."""
+    node = "cold-0"
+    await admin.set_settings(attach_delay_s=attach_s)
+    timeline: list[tuple[float, str]] = []
+    started = time.perf_counter()
+
+    async def on_event(msg: Any) -> None:
+        what = msg.subject.rsplit(".", 1)[-1]
+        if what in ("created", "attached"):
+            eni_id = json.loads(msg.data).get("object", "")
+            timeline.append((time.perf_counter() - started, f"ENI {eni_id} {what}"))
+
+    sub = await bus.nc.subscribe(f"cce.events.eni.{node}.*", cb=on_event)
+    done: list[float] = []
+
+    async def pod(i: int) -> None:
+        await allocate_once(bus, node, f"cold-{i:03d}")
+        done.append(time.perf_counter() - started)
+
+    try:
+        await join(bus, admin, node, max(count, 110))
+        await asyncio.gather(*(pod(i) for i in range(count)))
+    finally:
+        await sub.unsubscribe()
+        await admin.set_settings(attach_delay_s=0.05)
+    done.sort()
+    timeline += [(done[0], "first pod has its IP"), (done[-1], f"last pod ({count}) has its IP")]
+    attached = sum(1 for _t, what in timeline if what.endswith("attached"))
+    bound = attached * attach_s + 2.0
+    print(f"\ncold node: {count} concurrent allocations from registration, ENI attach {attach_s:g} s (simulator):")
+    for at, what in sorted(timeline):
+        print(f"  {at:7.2f} s  {what}")
+    verdict = "met" if done[-1] <= bound else f"missed by {done[-1] - bound:.1f} s"
+    print(f"last pod after {done[-1]:.1f} s; bound {attached} ENIs x {attach_s:g} s + 2 s = {bound:.1f} s: {verdict}")
+
+
+async def lookahead_bench(args: argparse.Namespace, tmp: Path, nats_url: str) -> None:
+    sim = await SimServer(SimSettings(port=0, state_file=None, fabric="off", attach_delay_s=0.05,
+                                      detach_delay_s=0.05)).start()
+    admin, session = SimAdmin(sim.url), aiohttp.ClientSession()
+    plane = ControlPlane(nats_url, sim, tmp, args.cloud_limits == "wide")
+    bus: Bus | None = None
+    try:
+        print(f"vpc_sim {sim.url}; nats {nats_url}; logs in {tmp}; cloud-limits={args.cloud_limits}")
+        plane.start()
+        await plane.wait_started()
+        bus = await Bus.connect(ChassisSettings(nats_url=nats_url), name="bench-ipam")
+        await sequential(bus, admin, session, sim.url, args.sequential)
+        await cold_node(bus, admin, args.cold, args.attach_s)
     finally:
         if bus is not None:
             await bus.close()
@@ -288,6 +375,12 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=50, help="pods per node (the node's max_pods)")
     parser.add_argument("--concurrency", type=int, default=64, help="allocations/releases in flight")
     parser.add_argument("--cloud-limits", choices=("default", "wide"), default="wide")
+    parser.add_argument("--scenario", choices=("throughput", "lookahead"), default="throughput",
+                        help="lookahead: --sequential allocations on one warm node, then --cold concurrent ones on a "
+                             "node just registered with ENI attach taking --attach-s (printed as a timeline)")
+    parser.add_argument("--sequential", type=int, default=100)
+    parser.add_argument("--cold", type=int, default=110)
+    parser.add_argument("--attach-s", type=float, default=3.0)
     args = parser.parse_args()
     if args.pods > ENIS_PER_NODE * 15:
         parser.error(f"a node holds at most {ENIS_PER_NODE * 15} pod IPs")
@@ -295,7 +388,8 @@ def main() -> None:
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="cce-bench-ipam-") as tmp, EmbeddedNats(Path(tmp) / "nats") as nats:
-            asyncio.run(bench(args, Path(tmp), nats.url))
+            run = lookahead_bench if args.scenario == "lookahead" else bench
+            asyncio.run(run(args, Path(tmp), nats.url))
     except KeyboardInterrupt:
         print(f"interrupted after {time.perf_counter() - started:.0f} s; processes stopped, temp dir removed")
         return

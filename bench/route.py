@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _plane import Processes
 from _table import Result, print_table  # bench/ comes first on sys.path when run as a script...
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,7 +48,6 @@ from chassis.bus import Bus  # noqa: E402
 from chassis.config import ChassisSettings  # noqa: E402
 from chassis.embedded_nats import EmbeddedNats  # noqa: E402
 from chassis.logs import configure_logging  # noqa: E402
-from chassis.procs import parent_death_signal  # noqa: E402
 from chassis.rpc import call  # noqa: E402
 from cloud.port import CloudApi  # noqa: E402
 from schemas.base import NetworkMode  # noqa: E402
@@ -65,35 +64,28 @@ CLUSTER_ID = "bench"
 
 
 class ControlPlane:
+    """route_manager and ipam as processes (bench/_plane.py) on this NATS and simulator."""
+
     def __init__(self, nats_url: str, sim: SimServer, logs: Path, wide: bool) -> None:
-        self.env = {**os.environ, "CCE_NATS_URL": nats_url, "CCE_HTTP_PORT": "0", "CCE_LOG_LEVEL": "info",
-                    "CCE_CLOUD_ENDPOINT": sim.url, "CCE_CLOUD_ACCESS_KEY": sim.access_key,
-                    "CCE_CLOUD_SECRET_KEY": sim.secret_key, "CCE_CLOUD_VPC_ID": sim.vpc_id,
-                    "CCE_CLUSTER_CIDRS": BLOCK, "CCE_NODE_CIDR_MASK": "24", "CCE_CLUSTER_ID": CLUSTER_ID,
-                    "CCE_RESYNC_PERIOD_S": "1.0"}
+        env = {**os.environ, "CCE_NATS_URL": nats_url, "CCE_HTTP_PORT": "0", "CCE_LOG_LEVEL": "info",
+               "CCE_CLOUD_ENDPOINT": sim.url, "CCE_CLOUD_ACCESS_KEY": sim.access_key,
+               "CCE_CLOUD_SECRET_KEY": sim.secret_key, "CCE_CLOUD_VPC_ID": sim.vpc_id,
+               "CCE_CLUSTER_CIDRS": BLOCK, "CCE_NODE_CIDR_MASK": "24", "CCE_CLUSTER_ID": CLUSTER_ID,
+               "CCE_RESYNC_PERIOD_S": "1.0"}
         if wide:
-            self.env["CCE_CLOUD_RATE_LIMITS"] = json.dumps({api.value: [1e6, 1_000_000] for api in CloudApi})
+            env["CCE_CLOUD_RATE_LIMITS"] = json.dumps({api.value: [1e6, 1_000_000] for api in CloudApi})
         self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = Processes(env, logs)
 
     def start(self, **env: str) -> None:
         for sid, module in PROCS:
-            with open(self.logs / f"{sid}.log", "ab") as out:
-                self.procs[sid] = subprocess.Popen(
-                    [sys.executable, "-m", module], env={**self.env, "CCE_SERVICE_ID": sid, **env}, stdout=out,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    preexec_fn=parent_death_signal)
+            self.processes.start(sid, module, env)
 
     def log(self, sid: str) -> str:
         return (self.logs / f"{sid}.log").read_text(errors="replace")
 
     async def wait_started(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not all("service started" in self.log(sid) for sid, _ in PROCS):
-            dead = [sid for sid, p in self.procs.items() if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"control plane did not start (exited: {dead}); see the logs in {self.logs}")
-            await asyncio.sleep(0.1)
+        await self.processes.wait_started([sid for sid, _ in PROCS], timeout)
 
     def metrics_url(self, sid: str) -> str:
         match = re.search(r'"http_port": (\d+)', self.log(sid))
@@ -102,16 +94,7 @@ class ControlPlane:
         return f"http://127.0.0.1:{match.group(1)}/metrics"
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for sid, proc in self.procs.items():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                print(f"{sid} did not stop within 15 s of SIGTERM: killed")
-                proc.kill()
-                proc.wait()
+        self.processes.stop()
 
 
 def ours(sim: SimServer) -> dict[str, str]:

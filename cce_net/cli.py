@@ -94,6 +94,9 @@ def up(
                                                         "operator (see schemas/api/permissions.md)")] = None,
     nats_ca: Annotated[Path | None, typer.Option("--nats-ca", envvar="CCE_NATS_TLS_CA",
                                                  help="with NATS_URL: the CA of its server certificate")] = None,
+    nats_cluster: Annotated[int, typer.Option("--nats-cluster", min=1, max=5,
+                                              help="embedded nats-servers in one cluster (3: every stream and "
+                                                   "bucket replicated on three)")] = 1,
 ) -> None:
     """Start the local stack: NATS (embedded unless NATS_URL) and every service, one log file each.
     As root, each simulated node also runs its node_datapath and cni_gateway (see `cce-net pod`).
@@ -113,7 +116,7 @@ def up(
             err_console.print("[red]--kube needs a local API server; missing: " + "; ".join(missing) + "[/red]")
             raise typer.Exit(1)
     security = {"insecure": insecure, "creds_dir": creds_dir.resolve() if creds_dir else None,
-                "nats_ca": nats_ca.resolve() if nats_ca else None}
+                "nats_ca": nats_ca.resolve() if nats_ca else None, "nats_cluster": nats_cluster}
     if detach:
         _up_detached(nodes, mode, state_dir, nats_url, timeout, pool, kube, security)
         return
@@ -180,6 +183,7 @@ def _up_detached(nodes: int, mode: NetworkMode, state_dir: Path, nats_url: str |
     for flag, key in (("--creds-dir", "creds_dir"), ("--nats-ca", "nats_ca")):
         if security[key]:
             args += [flag, str(security[key])]
+    args += ["--nats-cluster", str(security["nats_cluster"])]
     log = state_dir / "up.log"
     with open(log, "ab") as out:
         sup = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -269,6 +273,36 @@ def events(
         with_bus(resolve_url(nats_url, state_dir), action)
 
 
+@app.command()
+def trace(
+    pod: Annotated[str, typer.Argument(help="the pod, as namespace/name")],
+    command: Annotated[str, typer.Option(help="which CNI command's trace: ADD, DEL or CHECK")] = "ADD",
+    as_json: Annotated[bool, typer.Option("--json", help="the trace index and span records as JSON")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    nats_url: NatsUrl = None,
+) -> None:
+    """The spans of the pod's last CNI ADD (or --command) across the services, as a timeline (from CCE_TRACES)."""
+    from cce_net.traces import render, trace_data
+
+    namespace, _, name = pod.partition("/")
+    if not namespace or not name or command.upper() not in ("ADD", "DEL", "CHECK"):
+        err_console.print("give the pod as namespace/name and --command as ADD, DEL or CHECK")
+        raise typer.Exit(2)
+
+    async def action(bus: Any) -> Any:
+        return await trace_data(bus, namespace, name, command.upper())
+
+    data = with_bus(resolve_url(nats_url, state_dir), action)
+    if as_json:
+        print(json.dumps(None if data is None else {"index": data["index"].model_dump(mode="json"),
+                                                    "spans": [s.model_dump(mode="json") for s in data["spans"]]},
+                         indent=2))
+    else:
+        render(data, print)
+    if data is None:
+        raise typer.Exit(1)
+
+
 @svc_app.command("ls")
 def svc_ls(
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -312,13 +346,16 @@ def install_cni_cmd(
                       ] = "auto",
     plugin_binary: Annotated[Path | None, typer.Option(envvar="CCE_CNI_PLUGIN_BINARY",
                                                        help="the native plugin (default: build/cni/cce)")] = None,
+    cni_version: Annotated[str, typer.Option("--cni-version", envvar="CCE_CNI_VERSION",
+                                             help="the conflist's cniVersion: 1.0.0 for containerd 1.6/1.7; empty: "
+                                                  "1.1.0 when ours is alone, 1.0.0 when chained")] = "",
 ) -> None:
     """Install the CNI plugin `<bin-dir>/cce` and `<conf-dir>/10-cce.conflist` (idempotent; keeps other plugins)."""
     from services.cni_gateway.install import InstallError, install_cni
 
     try:
         done = install_cni(bin_dir, conf_dir, node, socket, [c.strip() for c in chain.split(",") if c.strip()],
-                           plugin_kind=plugin, plugin_binary=plugin_binary)
+                           plugin_kind=plugin, plugin_binary=plugin_binary, version=cni_version)
     except (InstallError, OSError) as err:
         err_console.print(f"[red]install-cni failed: {err}[/red]")
         raise typer.Exit(1) from None

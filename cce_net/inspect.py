@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_network
 from typing import Any
 
 import nats.errors
@@ -30,14 +31,17 @@ from schemas.subjects import (
     ENIS,
     EVENTS_STREAM,
     EVENTS_WILDCARD,
+    FIXED_IPS,
     LEASES,
     NODE_CIDRS,
     NODES,
     POOLS,
     PROVISION,
     ROUTES,
+    SPREADS,
     SUBNETS,
     Bucket,
+    psts_key,
 )
 
 PushSubscription = JetStreamContext.PushSubscription
@@ -55,6 +59,8 @@ SECTIONS: dict[str, Bucket] = {
     "cidr_pool": CIDR_POOL,
     "node_pools": POOLS,
     "provision": PROVISION,
+    "fixed_ips": FIXED_IPS,
+    "spreads": SPREADS,
 }
 
 # ------------------------------------------------------------------------------------------------------------
@@ -160,6 +166,50 @@ def _endpoint_rows(data: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def _fixed_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Each fixed IP: whose, where, held or waiting for its pod, and when it goes."""
+    out = []
+    for r in data.get("fixed_ips", []):
+        ttl = r.get("ttl_s")
+        strategy = r["release_strategy"] if r["release_strategy"] == "Never" else f"TTL {ttl:g}s"
+        release_at = None
+        if r.get("idle_since") and ttl is not None and r["release_strategy"] != "Never":
+            at = datetime.fromisoformat(r["idle_since"]) + timedelta(seconds=ttl)
+            release_at = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out.append([f"{r['namespace']}/{r['name']}", r["ip"], r["node"], r["eni_id"],
+                    "in use" if r.get("endpoint") else "reserved", strategy, release_at])
+    return out
+
+
+def _range_free(sub: dict[str, Any], held: set[str]) -> int:
+    cidr = ip_network(sub["cidr"])
+    reserved = {cidr.network_address, next(cidr.hosts()), cidr.broadcast_address}
+    return sum(1 for r in sub["ranges"] for ip in ip_network(r) if ip in cidr and ip not in reserved
+               and str(ip) not in held)
+
+
+def _spread_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Each PodSubnetTopologySpread's subnet: valid or why not, IPs its pods use there, IPs free (in its ranges)."""
+    available = {s["subnet_id"]: s["available_ips"] for s in data.get("subnets", [])}
+    held = {p["ip"] for e in data.get("enis", []) for p in e["private_ips"]}
+    used: dict[tuple[str, str], int] = {}
+    for ep in data.get("endpoints", []):
+        for a in ep["addresses"] if ep.get("psts") else []:
+            used[(ep["psts"], a.get("subnet_id"))] = used.get((ep["psts"], a.get("subnet_id")), 0) + 1
+    out = []
+    for r in data.get("spreads", []):
+        key = psts_key(r["namespace"], r["name"])
+        for sub in r["subnets"]:
+            free = available.get(sub["subnet_id"])
+            if sub["ranges"] and sub.get("cidr"):
+                in_ranges = _range_free(sub, held)
+                free = in_ranges if free is None else min(free, in_ranges)
+            out.append([key if r["namespace"] else f"cluster/{r['name']}", r["priority"], sub["subnet_id"],
+                        sub.get("zone"), ", ".join(sub["ranges"]), used.get((key, sub["subnet_id"]), 0), free,
+                        sub.get("error") or ("ok" if not r["errors"] else "spread invalid")])
+    return out
+
+
 def _status_tables(data: dict[str, Any]) -> list[Table]:
     def rows(section: str, *fields: str) -> list[list[Any]]:
         return [[item.get(f) for f in fields] for item in data.get(section, [])]
@@ -173,6 +223,9 @@ def _status_tables(data: dict[str, Any]) -> list[Table]:
                     "attachable_ips", "max_enis", "ips_per_eni", "provisioning")),
         _table("ENIs", ["id", "node", "use", "state", "subnet", "mac", "IPs", "held by"], _eni_rows(data)),
         _table("Endpoints", ["pod", "node", "container", "ifname", "mode", "state", "IPs"], _endpoint_rows(data)),
+        _table("Fixed IPs", ["pod", "IP", "node", "ENI", "state", "release", "released at"], _fixed_rows(data)),
+        _table("Subnet spreads (PSTS)", ["spread", "priority", "subnet", "zone", "ranges", "used", "free", "state"],
+               _spread_rows(data)),
         _table("Subnets", ["id", "zone", "cidr", "available IPs", "excluded"],
                rows("subnets", "subnet_id", "zone", "cidr", "available_ips", "excluded")),
         _table("Routes", ["destination", "node", "next hop", "state"],

@@ -340,16 +340,33 @@ class KubeAdmin:
         self.core.patch_node_status(name, {"status": {"capacity": capacity, "allocatable": capacity}})
         return _uid(node)
 
-    def create_pod(self, namespace: str, name: str, node: str, annotations: dict[str, str] | None = None) -> str:
-        """The pod's uid (that of the existing pod when one of the name is there)."""
+    def create_pod(self, namespace: str, name: str, node: str, annotations: dict[str, str] | None = None,
+                   statefulset: str = "") -> str:
+        """The pod's uid (that of the existing pod when one of the name is there); with `statefulset`, the pod is one
+        of that StatefulSet's (made if missing; no controller runs here, so the pod is made as its controller
+        would: with the StatefulSet as its controlling owner)."""
         k = self.k
         self.ensure_namespace(namespace)
-        body = k.V1Pod(metadata=k.V1ObjectMeta(name=name, annotations=annotations or {}),
+        owners = [self._statefulset_owner(namespace, statefulset)] if statefulset else None
+        body = k.V1Pod(metadata=k.V1ObjectMeta(name=name, annotations=annotations or {}, owner_references=owners),
                        spec=k.V1PodSpec(node_name=node,
                                         containers=[k.V1Container(name="app", image="registry.local/pause:3.10")]))
         pod = _created(lambda: self.core.create_namespaced_pod(namespace, body),
                        lambda: self.core.read_namespaced_pod(name, namespace))
         return _uid(pod)
+
+    def _statefulset_owner(self, namespace: str, name: str) -> Any:
+        k = self.k
+        apps = k.AppsV1Api(self.api)
+        labels = {"app": name}
+        body = k.V1StatefulSet(metadata=k.V1ObjectMeta(name=name), spec=k.V1StatefulSetSpec(
+            service_name=name, selector=k.V1LabelSelector(match_labels=labels),
+            template=k.V1PodTemplateSpec(metadata=k.V1ObjectMeta(labels=labels), spec=k.V1PodSpec(
+                containers=[k.V1Container(name="app", image="registry.local/pause:3.10")]))))
+        sts = _created(lambda: apps.create_namespaced_stateful_set(namespace, body),
+                       lambda: apps.read_namespaced_stateful_set(name, namespace))
+        return k.V1OwnerReference(api_version="apps/v1", kind="StatefulSet", name=name, uid=sts.metadata.uid,
+                                  controller=True)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         _unless_missing(lambda: self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0))

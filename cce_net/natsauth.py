@@ -256,6 +256,7 @@ class BusAccess:
     url: str
     creds_dir: Path | None = None
     ca: Path | None = None
+    replicas: int = 1  # of every stream and bucket (3 on a cluster)
 
     @property
     def secured(self) -> bool:
@@ -265,7 +266,7 @@ class BusAccess:
         return self.creds_dir / f"{identity.name}.creds" if self.creds_dir is not None else None
 
     def env(self, identity: Identity) -> dict[str, str]:
-        env = {"CCE_NATS_URL": self.url}
+        env = {"CCE_NATS_URL": self.url, "CCE_KV_REPLICAS": str(self.replicas)}
         creds = self.creds(identity)
         if creds is not None:
             env["CCE_NATS_CREDS"] = str(creds)
@@ -276,11 +277,11 @@ class BusAccess:
     def settings(self, identity: Identity | None = None) -> ChassisSettings:
         """Chassis settings for a client of this bus (the admin's by default: the operator's tools)."""
         creds = self.creds(identity or ADMIN_IDENTITY)
-        return ChassisSettings(nats_url=self.url, nats_creds=creds, nats_tls_ca=self.ca)
+        return ChassisSettings(nats_url=self.url, nats_creds=creds, nats_tls_ca=self.ca, kv_replicas=self.replicas)
 
-    def to_state(self) -> dict[str, str | None]:
+    def to_state(self) -> dict[str, Any]:
         return {"url": self.url, "creds_dir": str(self.creds_dir) if self.creds_dir else None,
-                "ca": str(self.ca) if self.ca else None}
+                "ca": str(self.ca) if self.ca else None, "replicas": self.replicas}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BusAccess | None:
@@ -288,4 +289,4 @@ class BusAccess:
         if not bus:
             return None
         return cls(bus["url"], Path(bus["creds_dir"]) if bus.get("creds_dir") else None,
-                   Path(bus["ca"]) if bus.get("ca") else None)
+                   Path(bus["ca"]) if bus.get("ca") else None, int(bus.get("replicas") or 1))

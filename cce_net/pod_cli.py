@@ -36,6 +36,8 @@ def add(ref: Ref, node: Annotated[str, typer.Option(help="the simulated node, e.
         annotation: Annotated[list[str] | None, typer.Option(
             "--annotation", "-a", help="KEY=VALUE on the pod (repeatable), e.g. cce.io/exclusive-eni=true")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the CNI result")] = False,
+        statefulset: Annotated[str, typer.Option(
+            "--statefulset", help="with --kube: the pod belongs to this StatefulSet (made if missing)")] = "",
         state_dir: StateDir = DEFAULT_STATE) -> None:
     """Create the pod's network namespace and run CNI ADD for it on the node (with `up --kube`, its Pod object
     first, as kubelet's world does)."""
@@ -47,7 +49,7 @@ def add(ref: Ref, node: Annotated[str, typer.Option(help="the simulated node, e.
             raise typer.Exit(2)
         annotations[key] = value
     try:
-        record = Pods(state_dir.resolve()).add(ref, node, annotations)
+        record = Pods(state_dir.resolve()).add(ref, node, annotations, statefulset)
     except PodError as err:
         raise _fail(err) from None
     if as_json:

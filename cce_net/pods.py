@@ -148,7 +148,8 @@ class Pods:
 
         return KubeAdmin(Path(kube["kubeconfig"]))
 
-    def add(self, ref: str, node: str, annotations: dict[str, str] | None = None) -> PodRecord:
+    def add(self, ref: str, node: str, annotations: dict[str, str] | None = None,
+            statefulset: str = "") -> PodRecord:
         """As kubelet's world does it: with an API server, the Pod object first (bound to the node), then the ADD
         with its uid; the pod's annotations reach the network through its object (or CNI_ARGS without one)."""
         namespace, name = parse_ref(ref)
@@ -162,7 +163,7 @@ class Pods:
         uid = str(uuid.uuid4())
         if kube is not None:
             try:
-                uid = kube.create_pod(namespace, name, node, annotations)
+                uid = kube.create_pod(namespace, name, node, annotations, statefulset)
             finally:
                 kube.close()
         record = PodRecord(namespace=namespace, name=name, node=node, netns=netns_name(self.state_dir, namespace, name),

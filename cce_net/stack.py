@@ -20,7 +20,7 @@ from cce_net.kubelocal import LocalKube
 from cce_net.natsauth import BusAccess, BusSecurity
 from cce_net.topology import SERVICES, SIM_SERVICE, ServiceDef, resolve_env
 from chassis.config import ChassisSettings
-from chassis.embedded_nats import EmbeddedNats, free_port
+from chassis.embedded_nats import EmbeddedNats, NatsCluster, free_port
 from chassis.procs import parent_death_signal
 from schemas.permissions import ADMIN_IDENTITY, CONTROL_PLANE, Identity, node_identity, service_identity
 
@@ -72,6 +72,8 @@ class LocalStack:
     nats_ca: Path | None = None  # with NATS_URL: the CA of its server certificate
     access: BusAccess | None = None
     sim_token: str = ""  # the simulator's admin token (its admin API shows the cloud's keys): the admin's only
+    nats_cluster: int = 1  # embedded nats-servers: more than one runs a cluster with streams and buckets on 3
+    cluster: NatsCluster | None = None
 
     @property
     def url(self) -> str:
@@ -161,23 +163,36 @@ class LocalStack:
         self.write_state(ready=True)
 
     def _start_bus(self) -> BusAccess:
-        """The embedded nats-server: with an identity per service and per node and TLS (`bus/` in the state dir),
-        or, `insecure`, open to anyone on loopback."""
+        """The embedded nats-server (or `nats_cluster` of them, routed, every stream and bucket replicated on
+        three): with an identity per service and per node and TLS (`bus/` in the state dir), or, `insecure`, open to
+        anyone on loopback."""
         port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else 0
         log = self.state_dir / "logs" / "nats-server.log"
+        replicas = min(self.nats_cluster, 3)
+        security: BusSecurity | None = None
+        config = None
         if self.insecure:
             self.say("WARNING: the bus runs WITHOUT authentication or TLS (--insecure): any local process can act "
                      "for any node")
-            self.nats = EmbeddedNats(self.state_dir / "nats", port=port, log_file=log).start()
-            return BusAccess(self.nats.url)
-        security = BusSecurity(self.state_dir / "bus")
-        security.ensure([f"node-{i}" for i in range(1, self.nodes + 1)])
+        else:
+            security = BusSecurity(self.state_dir / "bus")
+            security.ensure([f"node-{i}" for i in range(1, self.nodes + 1)])
+            sec = security
 
-        def config(host: str, bound: int, store: Path) -> str:
-            return security.server_config(host=host, port=bound, store_dir=store, name=f"cce-{bound}")
+            def config(host: str, bound: int, store: Path) -> str:
+                return sec.server_config(host=host, port=bound, store_dir=store, name=f"cce-{bound}")
 
-        self.nats = EmbeddedNats(self.state_dir / "nats", port=port, log_file=log, config=config, tls=True).start()
-        return BusAccess(self.nats.url, security.dir, security.ca_file)
+        if self.nats_cluster > 1:
+            self.cluster = NatsCluster(self.state_dir / "nats", self.nats_cluster, log_dir=log.parent, base=config,
+                                       tls=security is not None).start()
+            url = self.cluster.url
+        else:
+            self.nats = EmbeddedNats(self.state_dir / "nats", port=port, log_file=log, config=config,
+                                     tls=security is not None).start()
+            url = self.nats.url
+        if security is None:
+            return BusAccess(url, replicas=replicas)
+        return BusAccess(url, security.dir, security.ca_file, replicas=replicas)
 
     def _start_node_services(self, instances: list[dict[str, Any]], timeout: float) -> None:
         """node_datapath and cni_gateway for every simulated node, each aimed at the node's namespace in the
@@ -265,6 +280,8 @@ class LocalStack:
                 proc.popen.wait()
         if self.nats is not None:
             self.nats.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.kube_server is not None:
             self.kube_server.stop()
         state = self.state_dir / STATE_FILE
@@ -277,6 +294,7 @@ class LocalStack:
             "nats_url": self.url,
             "bus": self.access.to_state() if self.access else None,
             "nats_pid": self.nats.pid if self.nats else None,
+            "nats_pids": self.cluster.pids if self.cluster else ([self.nats.pid] if self.nats else []),
             "nodes": self.nodes,
             "mode": self.mode,
             "pool": self.pool,
@@ -426,13 +444,12 @@ def register_nodes(settings: ChassisSettings, instances: list[dict[str, Any]], m
 def start_kube(state_dir: Path) -> LocalKube:
     """etcd + kube-apiserver, with the CRDs and the bridge's ClusterRole applied (as a chart would install them)."""
     from cce_net.kubelocal import apply_manifests
-    from services.k8s_bridge.manifests import BRIDGE_USER, bridge_binding, bridge_cluster_role, crd
-    from services.k8s_bridge.projection import KINDS
+    from services.k8s_bridge.manifests import BRIDGE_USER, objects
 
     server = LocalKube(state_dir, service_users=(BRIDGE_USER,))
     try:
         server.start()
-        apply_manifests(server.kubeconfig, [*(crd(k) for k in KINDS), bridge_cluster_role(), bridge_binding()])
+        apply_manifests(server.kubeconfig, objects())
     except Exception:
         server.stop()
         raise
@@ -604,8 +621,9 @@ def down(state_dir: Path, grace: float = 20.0, say: Callable[[str], None] = prin
         _wait_gone([sup], grace)
     leftovers = [s["pid"] for s in state.get("services", []) if pid_alive(s.get("pid"))
                  and s["module"] in _cmdline(s["pid"])]
-    if pid_alive(state.get("nats_pid")) and "nats-server" in _cmdline(state["nats_pid"]):
-        leftovers.append(state["nats_pid"])
+    for nats_pid in state.get("nats_pids") or [state.get("nats_pid")]:
+        if pid_alive(nats_pid) and "nats-server" in _cmdline(nats_pid):
+            leftovers.append(nats_pid)
     kube: dict[str, Any] = state.get("kube") or {}
     for key, word in (("apiserver_pid", "kube-apiserver"), ("etcd_pid", "etcd")):
         pid = int(kube.get(key) or 0)

@@ -17,10 +17,16 @@ from nats.js.kv import KeyValue
 
 from chassis.config import ChassisSettings
 from chassis.creds import creds_identity
+from chassis.kv import BUS_TROUBLE
 from chassis.logs import get_logger
-from schemas.subjects import BUCKETS, EVENTS_STREAM, EVENTS_WILDCARD, Bucket
+from schemas.subjects import BUCKETS, EVENTS_STREAM, EVENTS_WILDCARD, STREAMS, Bucket, Stream
 
 log = get_logger("chassis.bus")
+
+
+# What the contract says of a stream's configuration, and so what is brought back to it when it differs.
+LIMIT_FIELDS = ("max_age", "max_bytes", "max_msgs", "num_replicas", "description")
+KV_FIELDS = ("max_msgs_per_subject", "num_replicas", "description", "allow_direct")  # the rest is nats-py's KV layout
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,22 @@ class Bus:
         async def make() -> None:
             await self.js.add_stream(config)
 
-        await self._ensure_stream(config, make if create else None)
+        await self._ensure_stream(config, make if create else None, (*LIMIT_FIELDS, "discard", "duplicate_window"))
+
+    def stream_config(self, stream: Stream) -> StreamConfig:
+        return StreamConfig(name=stream.name, subjects=[stream.wildcard], storage=StorageType.FILE,
+                            max_age=stream.max_age_s, max_bytes=stream.max_bytes, max_msgs=stream.max_msgs,
+                            discard=DiscardPolicy.OLD, num_replicas=self.kv_replicas, description=stream.summary)
+
+    async def ensure_stream(self, stream: Stream) -> None:
+        """A shared stream of the contract (e.g. CCE_TRACES), created or brought to its limits; its writers never
+        wait for it (they publish without acknowledgement)."""
+        config = self.stream_config(stream)
+
+        async def make() -> None:
+            await self.js.add_stream(config)
+
+        await self._ensure_stream(config, make, (*LIMIT_FIELDS, "discard"))
 
     async def bucket(self, bucket: Bucket, create: bool = True) -> KeyValue:
         """The bucket's KV handle. `create`: make it (idempotently) when missing and bring its configuration to the
@@ -172,13 +193,15 @@ class Bus:
         async def make() -> None:
             await self.js.create_key_value(config)
 
-        await self._ensure_stream(contract, make if create else None)
+        await self._ensure_stream(contract, make if create else None, KV_FIELDS)
         kv = await self.js.key_value(bucket.name)
         self._buckets[bucket.name] = kv
         return kv
 
     async def _ensure_stream(self, config: StreamConfig, make: Callable[[], Awaitable[None]] | None,
-                             wait_s: float = 300.0) -> None:
+                             fields: tuple[str, ...], wait_s: float = 300.0) -> None:
+        """The stream, made by `make` when missing (without `make`: waited for); when it exists, the `fields` of its
+        configuration that differ from `config` are brought to it."""
         assert config.name is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -188,15 +211,26 @@ class Bus:
                 info = await self.js.stream_info(config.name)
             except NotFoundError:
                 info = None
+            except BUS_TROUBLE as err:  # no JetStream leader yet (a cluster electing one), a reconnect
+                if loop.time() > deadline:
+                    raise
+                log.info("JetStream not answering yet; asking again", stream=config.name, error=type(err).__name__)
+                await asyncio.sleep(0.5)
+                continue
             if info is None and make is not None:
                 try:
                     await make()
                     return
                 except BadRequestError:  # created concurrently by another process
                     continue
+                except BUS_TROUBLE:
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+                    continue
             if info is not None:
                 if make is not None:
-                    await self._bring_to_contract(config, info.config)
+                    await self._bring_to_contract(config, info.config, fields)
                 return
             if loop.time() > deadline:
                 raise TimeoutError(f"stream {config.name} does not exist and this identity may not create it")
@@ -205,11 +239,9 @@ class Bus:
                 told = True
             await asyncio.sleep(0.5)
 
-    async def _bring_to_contract(self, want: StreamConfig, have: StreamConfig) -> None:
-        """Limits, replicas and description that differ from the contract are updated (never the subjects or the
-        storage, which a stream cannot change)."""
-        fields = ("max_age", "max_bytes", "max_msgs", "max_msgs_per_subject", "num_replicas", "description",
-                  "discard", "allow_direct", "duplicate_window")
+    async def _bring_to_contract(self, want: StreamConfig, have: StreamConfig, fields: tuple[str, ...]) -> None:
+        """The contract's `fields` (limits, replicas, description: what the contract says; never the subjects or the
+        storage, which a stream cannot change, nor what nats-py chose for a bucket) are updated when they differ."""
         differs = [f for f in fields if getattr(want, f) is not None and getattr(want, f) != getattr(have, f)]
         if not differs:
             return
@@ -226,6 +258,8 @@ class Bus:
         """Every stream and bucket of the contract, created or brought to it (an admin's bootstrap: then no service
         waits for another to make what it reads, and the node-scoped buckets no service owns exist)."""
         await self.ensure_events_stream()
+        for stream in STREAMS:
+            await self.ensure_stream(stream)
         for bucket in BUCKETS:
             await self.bucket(bucket)
 

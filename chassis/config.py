@@ -82,6 +82,11 @@ class ChassisSettings(BaseSettings):
                                "one node's flood cannot take the others' turns")
     max_bus_request_bytes: int = Field(
         256 * 1024, ge=1024, description="a larger bus request is refused (InvalidRequest)")
+    tracing: bool = Field(True, description="trace CNI commands across the services (spans in CCE_TRACES)")
+    trace_flush_s: float = Field(0.5, gt=0, le=60, description="spans are published this long after they end")
+    trace_exporter: str = Field("", pattern=r"^(|none|console|otlp)$",
+                                description="also export spans: none (default), console or otlp")
+    trace_otlp_endpoint: str = Field("", description="the OTLP/HTTP traces endpoint (default: the exporter's)")
 
     @classmethod
     def settings_customise_sources(

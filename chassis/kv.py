@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import nats.errors
+import nats.js.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from chassis.logs import get_logger
@@ -18,6 +22,8 @@ from schemas.base import Contract
 from schemas.errors import CceError, ErrorReason
 
 log = get_logger("chassis.kv")
+CAS_CONFLICTS = Counter("cce_kv_cas_conflicts_total", "compare-and-set writes refused because the record had "
+                        "changed (the writer re-reads and decides again)", ["bucket"])
 
 T = TypeVar("T", bound=Contract)
 
@@ -27,6 +33,15 @@ class Versioned(Generic[T]):
     key: str
     value: T
     revision: int
+
+
+# What the bus says when it cannot answer now: no connection, no JetStream leader yet, no reply in time.
+BUS_TROUBLE: tuple[type[BaseException], ...] = (
+    TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError, nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
+)
+READ_RETRIES = 8  # a direct get nobody answers, asked again over ~2 s
 
 
 class _Keep:
@@ -39,6 +54,12 @@ KEEP = _Keep()
 def conflict(bucket: str, key: str, detail: str = "") -> CceError:
     return CceError(ErrorReason.CONFLICT, f"{bucket}/{key} changed concurrently {detail}".strip(),
                     bucket=bucket, key=key)
+
+
+def cas_conflict(bucket: str, key: str, detail: str = "") -> CceError:
+    """A compare-and-set the server refused (someone wrote first): counted, then reported as Conflict."""
+    CAS_CONFLICTS.labels(bucket).inc()
+    return conflict(bucket, key, detail)
 
 
 class Store(Generic[T]):
@@ -58,43 +79,81 @@ class Store(Generic[T]):
                       error=str(err).splitlines()[0])
             return None
 
-    async def get(self, key: str) -> Versioned[T] | None:
+    async def _read(self, key: str) -> KeyValue.Entry | None:
+        """The key's latest entry. A direct get nobody answers (a replicated bucket's members are electing a
+        leader or catching up: for a moment no member serves reads) is asked again for a short while; a read
+        changes nothing, so asking again is safe."""
+        for attempt in range(READ_RETRIES):
+            try:
+                return await self.kv.get(key)
+            except KeyNotFoundError:
+                return None
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.05 * (attempt + 1))
+            except BUS_TROUBLE:
+                break
         try:
-            entry = await self.kv.get(key)
+            with self._bus_trouble("get", key):
+                return await self.kv.get(key)
         except KeyNotFoundError:
             return None
-        return self._decode(key, entry.value, entry.revision or 0)
 
-    async def revision_of(self, key: str) -> int | None:
-        """The latest revision of a key, even when its value does not decode."""
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return entry.revision
+    async def get(self, key: str) -> Versioned[T] | None:
+        entry = await self._read(key)
+        return None if entry is None else self._decode(key, entry.value, entry.revision or 0)
+
+    async def latest(self, key: str) -> tuple[Versioned[T] | None, int | None]:
+        """The key's record and latest revision from one read: a record that does not decode is (None, revision),
+        so a writer can overwrite it by CAS; an absent or deleted key is (None, None), written with `create`. (Two
+        reads, the record then the revision, would let a writer in between be overwritten unseen.)"""
+        entry = await self._read(key)
+        if entry is None:
+            return None, None
+        revision = entry.revision or 0
+        return self._decode(key, entry.value, revision), revision
+
+    async def last_revision(self) -> int:
+        """The bucket's latest revision (its stream's last sequence): every record written so far has a revision
+        at most this, every later write one above it."""
+        with self._bus_trouble("status", "-"):
+            status = await self.kv.status()
+        return int(status.stream_info.state.last_seq or 0)
 
     async def create(self, key: str, value: T) -> Versioned[T]:
         """Write only when the key does not exist (or was deleted); else Conflict."""
         try:
-            rev = await self.kv.create(key, value.model_dump_json().encode())
+            with self._bus_trouble("create", key):
+                rev = await self.kv.create(key, value.model_dump_json().encode())
         except KeyWrongLastSequenceError as err:
-            raise conflict(self.bucket, key, "(exists)") from err
+            raise cas_conflict(self.bucket, key, "(exists)") from err
         return Versioned(key, value, rev)
 
     async def update(self, key: str, value: T, revision: int) -> Versioned[T]:
         """Write only when the key's latest revision is `revision`; else Conflict."""
         try:
-            rev = await self.kv.update(key, value.model_dump_json().encode(), last=revision)
+            with self._bus_trouble("update", key):
+                rev = await self.kv.update(key, value.model_dump_json().encode(), last=revision)
         except KeyWrongLastSequenceError as err:
-            raise conflict(self.bucket, key) from err
+            raise cas_conflict(self.bucket, key) from err
         return Versioned(key, value, rev)
 
     async def delete(self, key: str, revision: int | None = None) -> None:
         """Delete; with `revision`, only if unchanged since. Deleting a missing key succeeds."""
         try:
-            await self.kv.delete(key, last=revision)
+            with self._bus_trouble("delete", key):
+                await self.kv.delete(key, last=revision)
         except KeyWrongLastSequenceError as err:
-            raise conflict(self.bucket, key) from err
+            raise cas_conflict(self.bucket, key) from err
+
+    @contextlib.contextmanager
+    def _bus_trouble(self, what: str, key: str) -> Iterator[None]:
+        """The bus not answering (a reconnect, a JetStream leader being elected) is a coded, retryable Timeout: the
+        write may or may not have happened, so callers repeat it with the same idempotency key."""
+        try:
+            yield
+        except BUS_TROUBLE as err:
+            raise CceError(ErrorReason.TIMEOUT, f"{self.bucket}/{key}: {what} not answered ({type(err).__name__})",
+                           bucket=self.bucket, key=key) from None
 
     async def mutate(
         self,
@@ -105,8 +164,7 @@ class Store(Generic[T]):
         """Read-modify-write: `change` gets a private copy of the current value (None if absent) and
         returns the new value, None to delete, or KEEP. A conflict re-reads and calls `change` again."""
         for attempt in range(attempts):
-            current = await self.get(key)
-            revision = current.revision if current else await self.revision_of(key)
+            current, revision = await self.latest(key)
             proposed = change(current.value.model_copy(deep=True) if current else None)
             try:
                 if isinstance(proposed, _Keep):
@@ -171,12 +229,17 @@ ChangeHandler = Callable[[str, "Versioned[T] | None"], Awaitable[None] | None]
 class KvCache(Generic[T]):
     """An in-memory view of a bucket kept current by a watch; rebuilt from scratch after a reconnect.
 
-    `on_change(key, item_or_None)` is called for every change after the first full load.
+    `on_change(key, item_or_None)` is called for every change after the first full load. `keys` watches only the
+    keys that filter names (`node-1.>`, `node-1`: a node's own records, so what a node holds does not grow with
+    the cluster); `keep` holds only the records it accepts (one that stops being accepted is a deletion here).
     """
 
-    def __init__(self, store: Store[T], on_change: ChangeHandler[T] | None = None) -> None:
+    def __init__(self, store: Store[T], on_change: ChangeHandler[T] | None = None, *, keys: str | None = None,
+                 keep: Callable[[T], bool] | None = None) -> None:
         self.store = store
         self.items: dict[str, Versioned[T]] = {}
+        self.keys = keys
+        self._keep = keep
         self._on_change = on_change
         self._synced = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -232,7 +295,7 @@ class KvCache(Generic[T]):
                 backoff = min(backoff * 2, 2.0)
 
     async def _watch_once(self) -> None:
-        watcher = await self.store.kv.watchall()
+        watcher = await (self.store.kv.watch(self.keys) if self.keys else self.store.kv.watchall())
         loading: dict[str, Versioned[T]] | None = {}
         seen = 0  # messages read while loading (delete markers included)
         marker = False  # nats-py said "no more initial values" (maybe too early: see initial_values_read)
@@ -252,8 +315,7 @@ class KvCache(Generic[T]):
                     continue
                 if entry is None:
                     continue
-                deleted = entry.operation in (KV_DEL, KV_PURGE)
-                item = None if deleted else self.store._decode(entry.key, entry.value, entry.revision or 0)
+                item = self._decode(entry)
                 if item is None:
                     if self.items.pop(entry.key, None) is not None:
                         await self._emit(entry.key, None)
@@ -263,9 +325,15 @@ class KvCache(Generic[T]):
         finally:
             await watcher.stop()
 
+    def _decode(self, entry: Any) -> Versioned[T] | None:
+        """The entry's record; None when deleted, undecodable or not one this view keeps."""
+        if entry.operation in (KV_DEL, KV_PURGE):
+            return None
+        item = self.store._decode(entry.key, entry.value, entry.revision or 0)
+        return None if item is None or (self._keep is not None and not self._keep(item.value)) else item
+
     def _load(self, loading: dict[str, Versioned[T]], entry: Any) -> None:
-        deleted = entry.operation in (KV_DEL, KV_PURGE)
-        item = None if deleted else self.store._decode(entry.key, entry.value, entry.revision or 0)
+        item = self._decode(entry)
         if item is not None:
             loading[entry.key] = item
         else:

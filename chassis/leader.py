@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import Counter, Gauge
+
 from chassis.kv import Store, Versioned
 from chassis.logs import get_logger
 from schemas.base import utcnow
@@ -18,6 +20,10 @@ from schemas.errors import CceError, ErrorReason
 from schemas.records import Lease
 
 log = get_logger("chassis.leader")
+
+CHANGES = Counter("cce_leader_changes_total", "leadership changes of this process: elected or lost (resigning "
+                  "included)", ["service", "change"])
+IS_LEADER = Gauge("cce_leader_is_leader", "1 while this process holds the service's lease", ["service"])
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -59,20 +65,25 @@ class LeaderElector:
     async def step(self) -> bool:
         """One round of the election; returns whether this holder leads afterwards."""
         try:
-            current = await self.store.get(self.service)
+            current, revision = await self.store.latest(self.service)
             if self.is_leader:
                 return await self._renew(current)
-            return await self._maybe_acquire(current)
+            return await self._maybe_acquire(current, revision)
         except CceError as err:
-            if err.reason is not ErrorReason.CONFLICT:
-                raise
-            self._lose("lease changed under us")
-            return False
+            if err.reason is ErrorReason.CONFLICT:
+                self._lose("lease changed under us")
+                return False
+            return self._trouble(err)
         except Exception as err:  # bus trouble: keep trying; a leader may have to step down
-            log.warning("lease round failed", service=self.service, error=repr(err))
-            if self.is_leader and self.clock() - self._last_renewed > self.ttl_s * 0.75:
-                self._lose("could not renew within the lease TTL")
-            return self.is_leader
+            return self._trouble(err)
+
+    def _trouble(self, err: Exception) -> bool:
+        """The bus did not answer (a reconnect, a cluster electing a stream leader): keep trying; a leader that
+        could not renew for most of a TTL steps down before any standby may take over."""
+        log.warning("lease round failed", service=self.service, error=repr(err))
+        if self.is_leader and self.clock() - self._last_renewed > self.ttl_s * 0.75:
+            self._lose("could not renew within the lease TTL")
+        return self.is_leader
 
     async def _renew(self, current: Versioned[Lease] | None) -> bool:
         if current is None or current.value.holder != self.holder:
@@ -84,10 +95,11 @@ class LeaderElector:
         self._last_renewed = self.clock()
         return True
 
-    async def _maybe_acquire(self, current: Versioned[Lease] | None) -> bool:
+    async def _maybe_acquire(self, current: Versioned[Lease] | None, revision: int | None) -> bool:
         now = self.clock()
         if current is None:
-            revision = await self.store.revision_of(self.service)
+            # no lease, or one that does not decode (overwritten at the revision read with it): both contenders of
+            # a simultaneous start may get here, and the store lets one of them win
             item = (await self.store.create(self.service, self._lease()) if revision is None
                     else await self.store.update(self.service, self._lease(), revision))
             return self._won(item.revision, "no holder")
@@ -109,6 +121,9 @@ class LeaderElector:
         self._last_renewed = self.clock()
         self._watched = None
         self.term = revision
+        if not self.is_leader:
+            CHANGES.labels(self.service, "elected").inc()
+            IS_LEADER.labels(self.service).set(1)
         self._leader.set()
         log.info("became leader", service=self.service, holder=self.holder, term=revision, why=why)
         return True
@@ -116,6 +131,8 @@ class LeaderElector:
     def _lose(self, why: str) -> None:
         if self.is_leader:
             log.warning("lost leadership", service=self.service, holder=self.holder, why=why)
+            CHANGES.labels(self.service, "lost").inc()
+            IS_LEADER.labels(self.service).set(0)
         self._leader.clear()
         self._revision = None
 

@@ -21,6 +21,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 from pydantic import ValidationError
 
+from chassis import tracing
 from chassis.bus import Bus
 from chassis.logs import get_logger
 from schemas.base import Contract, from_subject_token
@@ -38,6 +39,9 @@ LATENCY = Histogram(
 )
 IN_FLIGHT = Gauge("cce_bus_requests_in_flight", "requests being served", ["service"])
 BUSY = PromCounter("cce_bus_requests_refused_busy_total", "requests refused: too many in flight", ["service"])
+CALLS = PromCounter("cce_bus_calls_total", "requests this process made, by endpoint and outcome: ok or the coded "
+                    "reason (Timeout, ServiceUnavailable... when the bus or the service is away)",
+                    ["endpoint", "outcome"])
 
 Req = TypeVar("Req", bound=Contract)
 Rep = TypeVar("Rep", bound=Contract)
@@ -157,7 +161,8 @@ class RpcServer:
                 raise CceError(ErrorReason.INVALID_REQUEST,
                                f"invalid field 'node': {node!r} does not match the subject's node {token!r}",
                                fields=["node"])
-            reply = await handler(request)
+            with tracing.server_span(f"{self.name}.{spec.name}", req.headers, {tracing.NODE: node or token}):
+                reply = await handler(request)
             await req.respond(reply.model_dump_json().encode())
         except CceError as err:
             outcome = err.reason.value
@@ -197,7 +202,18 @@ async def call(bus: Bus, spec: RequestSubject, request: Contract, *, node: str |
     """Send a typed request and return the typed reply; failures raise CceError with a coded reason."""
     target = subject or spec.for_node(node if node is not None else getattr(request, "node"))  # noqa: B009
     try:
-        msg = await bus.nc.request(target, request.model_dump_json().encode(), timeout=timeout)
+        reply = await _request(bus, spec, target, request, timeout)
+    except CceError as err:
+        CALLS.labels(spec.name, err.reason.value).inc()
+        raise
+    CALLS.labels(spec.name, "ok").inc()
+    return reply
+
+
+async def _request(bus: Bus, spec: RequestSubject, target: str, request: Contract, timeout: float) -> Any:
+    try:
+        msg = await bus.nc.request(target, request.model_dump_json().encode(), timeout=timeout,
+                                   headers=tracing.headers())
     except nats.errors.NoRespondersError:
         raise CceError(ErrorReason.SERVICE_UNAVAILABLE, f"no service answers {target}",
                        subject=target) from None

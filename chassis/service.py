@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from chassis import tracing
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
 from chassis.creds import redact_url
@@ -30,7 +31,7 @@ from schemas.base import Contract
 from schemas.events import EventKind
 from schemas.permissions import CONTROL_PLANE
 from schemas.records import Lease
-from schemas.subjects import LEASE_KEYS, LEASES, Bucket
+from schemas.subjects import LEASE_KEYS, LEASES, TRACES, Bucket
 
 log = get_logger("chassis.service")
 
@@ -49,6 +50,7 @@ class ServiceProcess:
         self.stopping = asyncio.Event()
         self.ready = False  # set once the composition root has wired everything; /readyz is 503 before
         self.elector: LeaderElector | None = None
+        self.tracing: tracing.Tracing | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: Bus | None = None
         self._rpc: RpcServer | None = None
@@ -80,6 +82,7 @@ class ServiceProcess:
             await self.health.stop()
             raise
         self.events = EventPublisher(self._bus, source=self.id)
+        await self._start_tracing()
         metadata = {"id": self.id, "node": self.node, "http": f"http://{self.health.host}:{port}"}
         self._rpc = RpcServer(self._bus, self.name, VERSION, self.description, metadata,
                               Bounds(self.settings.max_in_flight, self.settings.max_in_flight_per_node,
@@ -87,6 +90,20 @@ class ServiceProcess:
         await self._rpc.start()
         log.info("service started", http_port=port, nats=redact_url(self.settings.nats_url),
                  identity=self.bus.identity or None)
+
+    async def _start_tracing(self) -> None:
+        """Spans of traced CNI commands go to CCE_TRACES (the control-plane writers make it when missing)."""
+        self.tracing = None
+        if not self.settings.tracing:
+            return
+        s = self.settings
+        self.tracing = tracing.configure(self.name, self.node, s.trace_exporter, s.trace_otlp_endpoint)
+        if self.name in TRACES.writers and self.name in CONTROL_PLANE:
+            try:
+                await self.bus.ensure_stream(TRACES)
+            except Exception as err:  # traces are a nicety: the service serves without them
+                log.warning("trace stream unavailable", stream=TRACES.name, error=repr(err))
+        self.spawn(self.tracing.ship.run(self.bus.nc.publish, s.trace_flush_s), name="trace-shipper")
 
     def _nats_ready(self) -> tuple[bool, str]:
         if self._bus is None:
@@ -106,9 +123,11 @@ class ServiceProcess:
         kv = await self.bus.bucket(bucket, create=self.may_create(bucket))
         return Store(kv, model or bucket.record, bucket.name)  # type: ignore[arg-type]
 
-    async def cache(self, bucket: Bucket, on_change: ChangeHandler[Any] | None = None) -> KvCache[Any]:
-        """A watch-backed view of a bucket, loaded before this returns and rebuilt after every reconnect."""
-        cache: KvCache[Any] = KvCache(await self.store(bucket), on_change)
+    async def cache(self, bucket: Bucket, on_change: ChangeHandler[Any] | None = None, *, keys: str | None = None,
+                    keep: Callable[[Any], bool] | None = None) -> KvCache[Any]:
+        """A watch-backed view of a bucket (of the `keys` filter, of the records `keep` accepts: see KvCache),
+        loaded before this returns and rebuilt after every reconnect."""
+        cache: KvCache[Any] = KvCache(await self.store(bucket), on_change, keys=keys, keep=keep)
         await cache.start()
         self.bus.on_reconnect(cache.restart)
         self._caches.append(cache)
@@ -165,6 +184,8 @@ class ServiceProcess:
         if self.elector is not None:
             await self.elector.resign()
         if self._bus is not None:
+            if self.tracing is not None:  # the spans of the last requests
+                await self.tracing.ship.flush(self._bus.nc.publish)
             await self._bus.close()
         await self.health.stop()
         log.info("stopped")

@@ -17,13 +17,14 @@ Replies come from the SDK as objects whose attributes are the snake_case forms o
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from baidubce.auth.bce_credentials import BceCredentials
 from baidubce.bce_client_configuration import BceClientConfiguration
@@ -35,10 +36,11 @@ from baidubce.services.eni.eni_model import EniIPSet
 from baidubce.services.route.route_client import RouteClient
 from baidubce.services.subnet.subnet_client import SubnetClient
 from baidubce.services.vpc.vpc_client import VpcClient
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chassis import tracing
 from chassis.config import read_secret
 from chassis.logs import get_logger
 from cloud.classify import Classified, classify
@@ -57,6 +59,8 @@ from schemas.base import InstanceType
 from schemas.errors import CceError, ErrorReason
 from schemas.records import EniState
 
+P = ParamSpec("P")
+R = TypeVar("R")
 log = get_logger("cloud.bce")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -67,6 +71,9 @@ CALL_SECONDS = Histogram("cce_cloud_call_seconds", "time of one SDK attempt", ["
 LIMITER_WAIT = Histogram("cce_cloud_limiter_wait_seconds", "time held by our rate limiter", ["api"],
                          buckets=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 RETRIES = Counter("cce_cloud_retries_total", "cloud attempts retried after a retryable failure", ["api"])
+THROTTLED = Counter("cce_cloud_throttled_total", "cloud attempts the cloud refused as over its rate limit", ["api"])
+RATE_LIMIT = Gauge("cce_cloud_rate_limit_per_second", "our client-side budget per API: calls per second the token "
+                   "bucket allows (its burst aside)", ["api"])
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -187,6 +194,21 @@ def _token() -> str:
     return uuid.uuid4().hex
 
 
+def _replies_checked(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A reply of the wrong shape (a list where an object belongs, a string for a number, JSON the SDK cannot map)
+    is the cloud's malformed reply, a coded CloudError, whatever exception reading it raised."""
+
+    @functools.wraps(method)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError) as err:
+            raise CceError(ErrorReason.CLOUD_ERROR, f"{method.__name__}: malformed reply from the cloud: {err!r}",
+                           cloud_code="MalformedReply") from None
+
+    return checked
+
+
 class BceVpcApi:
     """`VpcApi` over `EniClient`, `BccClient`, `SubnetClient` and `RouteClient`.
 
@@ -200,6 +222,8 @@ class BceVpcApi:
         self.settings = settings
         self._sdk = clients or SdkClients.from_settings(settings)
         self._limits = limits or RateLimits(settings.rate_limits)
+        for api, (rate, _burst) in self._limits.limits.items():
+            RATE_LIMIT.labels(api.value).set(rate)
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -208,16 +232,27 @@ class BceVpcApi:
 
     async def _call(self, api: CloudApi, fn: Callable[..., Any], *args: Any, idempotent: bool = True,
                     ids: dict[str, str] | None = None, **kwargs: Any) -> Any:
-        """Run `fn(*args, **kwargs)` under the API's rate limit, retrying what is worth retrying.
+        """Run `fn(*args, **kwargs)` under the API's rate limit, retrying what is worth retrying (a step of the
+        current trace, when there is one: limiter waits and failed attempts are its events).
 
         `idempotent=False`: after a failure that may have acted (5xx, no reply) do not retry; throttling still is.
         `ids` name what the call was about, for logs and error details.
         """
+        with tracing.child_span(f"cloud.{api.value}", {"cloud.api": api.value, **(ids or {})}) as span:
+            return await self._attempts(span, api, fn, *args, idempotent=idempotent, ids=ids, **kwargs)
+
+    async def _attempts(self, span: Any, api: CloudApi, fn: Callable[..., Any], *args: Any, idempotent: bool,
+                        ids: dict[str, str] | None, **kwargs: Any) -> Any:
         started = self._clock()
         attempt = 0
         while True:
             attempt += 1
-            LIMITER_WAIT.labels(api.value).observe(await self._limits.acquire(api))
+            held = await self._limits.acquire(api)
+            LIMITER_WAIT.labels(api.value).observe(held)
+            if span is not None:
+                span.set_attribute("cloud.attempts", attempt)
+                if held > 0:
+                    span.add_event("rate limiter", {"held_s": round(held, 4)})
             t0 = self._clock()
             try:
                 result = await asyncio.to_thread(fn, *args, **kwargs)
@@ -227,6 +262,10 @@ class BceVpcApi:
                 verdict = classify(failure.status, failure.code, failure.message)
                 wait = self._retry_wait(verdict, attempt, started, idempotent)
                 ERRORS.labels(api.value, failure.label).inc()
+                if verdict.reason is ErrorReason.CLOUD_THROTTLED:
+                    THROTTLED.labels(api.value).inc()
+                if span is not None:
+                    span.add_event("attempt failed", {"code": failure.label, "retry_in_s": wait or 0.0})
                 log.warning("cloud call failed", api=api.value, code=failure.label, status=failure.status,
                             attempt=attempt, wait=wait, request_id=failure.request_id, **(ids or {}))
                 if wait is None:
@@ -253,6 +292,7 @@ class BceVpcApi:
 
     # --- ENIs -------------------------------------------------------------------------------------------------
 
+    @_replies_checked
     async def create_eni(self, *, name: str, subnet_id: str, security_group_ids: Sequence[str],
                          description: str = "", primary_ip: str | None = None) -> str:
         reply = await self._call(
@@ -262,22 +302,27 @@ class BceVpcApi:
             description=description, client_token=_token(), ids={"subnet_id": subnet_id, "eni_name": name})
         return _str(_required(reply.eni_id, "eniId"))
 
+    @_replies_checked
     async def attach_eni(self, eni_id: str, instance_id: str) -> None:
         await self._call(CloudApi.ATTACH_ENI, self._sdk.eni.attach_eni_instance, eni_id, instance_id,
                          client_token=_token(), ids={"eni_id": eni_id, "instance_id": instance_id})
 
+    @_replies_checked
     async def detach_eni(self, eni_id: str, instance_id: str) -> None:
         await self._call(CloudApi.DETACH_ENI, self._sdk.eni.detach_eni_instance, eni_id, instance_id,
                          client_token=_token(), ids={"eni_id": eni_id, "instance_id": instance_id})
 
+    @_replies_checked
     async def delete_eni(self, eni_id: str) -> None:
         await self._call(CloudApi.DELETE_ENI, self._sdk.eni.delete_eni, eni_id, client_token=_token(),
                          ids={"eni_id": eni_id})
 
+    @_replies_checked
     async def get_eni(self, eni_id: str) -> CloudEni:
         reply = await self._call(CloudApi.GET_ENI, self._sdk.eni.get_eni_details, eni_id, ids={"eni_id": eni_id})
         return _eni(reply)
 
+    @_replies_checked
     async def list_enis(self, *, vpc_id: str, instance_id: str | None = None,
                         name: str | None = None) -> list[CloudEni]:
         query = {k: v for k, v in {"instance_id": instance_id, "name": name}.items() if v is not None}
@@ -285,6 +330,7 @@ class BceVpcApi:
                             size_key="max_keys", ids={"vpc_id": vpc_id}, **query)
         return [_eni(item) async for item in pages]
 
+    @_replies_checked
     async def add_private_ips(self, eni_id: str, *, count: int = 0, ips: Sequence[str] = ()) -> list[str]:
         async def add(batch: dict[str, Any]) -> list[str]:
             what = ({"private_ip_address_list": batch["ips"]} if "ips" in batch
@@ -295,6 +341,7 @@ class BceVpcApi:
 
         return await _add_in_batches(add, count, ips)
 
+    @_replies_checked
     async def remove_private_ips(self, eni_id: str, ips: Sequence[str]) -> None:
         for batch in _batches(ips):
             await self._call(CloudApi.REMOVE_PRIVATE_IPS, self._sdk.eni.batch_delete_private_ip, eni_id, batch,
@@ -302,11 +349,13 @@ class BceVpcApi:
 
     # --- instances and their primary NIC ----------------------------------------------------------------------
 
+    @_replies_checked
     async def get_instance(self, instance_id: str) -> CloudInstance:
         reply = await self._call(CloudApi.GET_INSTANCE, self._sdk.bcc.get_instance, instance_id,
                                  ids={"instance_id": instance_id})
         return _instance(_required(reply.instance, "instance"))
 
+    @_replies_checked
     async def add_primary_nic_ips(self, instance_id: str, *, count: int = 0,
                                   ips: Sequence[str] = ()) -> list[str]:
         async def add(batch: dict[str, Any]) -> list[str]:
@@ -318,6 +367,7 @@ class BceVpcApi:
 
         return await _add_in_batches(add, count, ips)
 
+    @_replies_checked
     async def remove_primary_nic_ips(self, instance_id: str, ips: Sequence[str]) -> None:
         for batch in _batches(ips):
             await self._call(CloudApi.REMOVE_PRIMARY_NIC_IPS, self._sdk.bcc.batch_delete_ip, instance_id, batch,
@@ -325,11 +375,13 @@ class BceVpcApi:
 
     # --- subnets ----------------------------------------------------------------------------------------------
 
+    @_replies_checked
     async def get_subnet(self, subnet_id: str) -> CloudSubnet:
         reply = await self._call(CloudApi.GET_SUBNET, self._sdk.subnet.get_subnet, subnet_id,
                                  ids={"subnet_id": subnet_id})
         return _subnet(_required(reply.subnet, "subnet"))
 
+    @_replies_checked
     async def list_subnets(self, *, vpc_id: str, zone: str | None = None) -> list[CloudSubnet]:
         query = {"zone_name": zone} if zone else {}
         pages = self._pages(CloudApi.LIST_SUBNETS, self._sdk.subnet.list_subnets, "subnets", marker_key="marker",
@@ -338,22 +390,26 @@ class BceVpcApi:
 
     # --- the VPC and its route table --------------------------------------------------------------------------
 
+    @_replies_checked
     async def get_vpc(self, vpc_id: str) -> CloudVpc:
         reply = await self._call(CloudApi.GET_VPC, self._sdk.vpc.get_vpc, vpc_id, ids={"vpc_id": vpc_id})
         vpc = _required(reply.vpc, "vpc")
         return CloudVpc(vpc_id=_str(vpc.vpc_id) or vpc_id, name=_str(vpc.name), cidr=_str(_required(vpc.cidr, "cidr")))
 
+    @_replies_checked
     async def get_route_table(self, *, vpc_id: str) -> str:
         reply = await self._call(CloudApi.GET_ROUTE_TABLE, self._sdk.route.get_route, vpc_id=vpc_id,
                                  ids={"vpc_id": vpc_id})
         return _str(_required(reply.route_table_id, "routeTableId"))
 
+    @_replies_checked
     async def list_route_rules(self, route_table_id: str) -> list[CloudRouteRule]:
         pages = self._pages(CloudApi.LIST_ROUTE_RULES, self._sdk.route.get_route_rule, "route_rules",
                             marker_key="marker", size_key="maxKeys", ids={"route_table_id": route_table_id},
                             routeTableId=route_table_id)
         return [_route_rule(item, route_table_id) async for item in pages]
 
+    @_replies_checked
     async def create_route_rule(self, *, route_table_id: str, destination: str, next_hop_instance: str,
                                 description: str) -> str:
         reply = await self._call(
@@ -362,6 +418,7 @@ class BceVpcApi:
             ids={"route_table_id": route_table_id, "destination": destination})
         return _str(_required(reply.route_rule_id, "routeRuleId"))
 
+    @_replies_checked
     async def delete_route_rule(self, rule_id: str) -> None:
         await self._call(CloudApi.DELETE_ROUTE_RULE, self._sdk.route.delete_route, rule_id, client_token=_token(),
                          ids={"rule_id": rule_id})

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from schemas.base import SCHEMA_VERSION, Contract
 from schemas.errors import DESCRIPTIONS, ErrorReply
 from schemas.permissions import table
-from schemas.subjects import BUCKETS, EVENT_PAYLOAD, EVENTS_STREAM, REQUESTS
+from schemas.subjects import BUCKETS, EVENT_PAYLOAD, EVENTS_STREAM, REQUESTS, STREAMS
 
 API_DIR = Path(__file__).parent / "api"
 ASYNCAPI_FILE = API_DIR / "asyncapi.json"
@@ -32,6 +32,9 @@ def _contracts() -> list[type[Contract]]:
     seen.setdefault(EVENT_PAYLOAD.__name__, EVENT_PAYLOAD)
     for bucket in BUCKETS:
         seen.setdefault(bucket.record.__name__, bucket.record)
+    for stream in STREAMS:
+        for record in stream.records:
+            seen.setdefault(record.__name__, record)
     return [seen[name] for name in sorted(seen)]
 
 
@@ -118,6 +121,20 @@ def asyncapi() -> dict[str, Any]:
         "channel": _ref("channels", "events"),
         "messages": [_ref("channels/events/messages", "Event")],
     }
+    for stream in STREAMS:
+        cid = _channel_id(stream.prefix)
+        channels[cid] = {
+            "address": f"{stream.prefix}.{{node}}.{{rest}}",
+            "parameters": {"node": node_param, "rest": {"description": stream.summary}},
+            "messages": {r.__name__: _ref("components/messages", r.__name__) for r in stream.records},
+            "x-jetstream-stream": stream.name,
+        }
+        operations[f"publish{cid[:1].upper()}{cid[1:]}"] = {
+            "action": "send",
+            "summary": f"{', '.join(stream.writers)} publish to the JetStream stream {stream.name}",
+            "channel": _ref("channels", cid),
+            "messages": [_ref(f"channels/{cid}/messages", r.__name__) for r in stream.records],
+        }
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -134,6 +151,11 @@ def asyncapi() -> dict[str, Any]:
         "x-buckets": {
             b.name: {"record": b.record.__name__, "writer": b.writer, "readers": list(b.readers), "key": b.key,
                      "node_scoped": b.node_scoped} for b in BUCKETS
+        },
+        "x-streams": {
+            s.name: {"subjects": s.wildcard, "records": [r.__name__ for r in s.records], "writers": list(s.writers),
+                     "readers": list(s.readers), "max_age_s": s.max_age_s, "max_bytes": s.max_bytes,
+                     "max_msgs": s.max_msgs} for s in STREAMS
         },
     }
 

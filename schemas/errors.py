@@ -17,6 +17,8 @@ class ErrorReason(StrEnum):
     ENI_CAPACITY_EXCEED = "ENICapacityExceed"
     SUBNET_NO_MORE_IP = "SubnetNoMoreIP"
     NO_AVAILABLE_SUBNET = "NoAvailableSubnet"
+    SUBNET_NOT_IN_ZONE = "SubnetNotInZone"
+    PSTS_SUBNET_EXHAUSTED = "PSTSSubnetExhausted"
     CIDR_POOL_EXHAUSTED = "CIDRPoolExhausted"
     WAIT_NODE_CIDR = "WaitNodeCIDR"
     # cloud
@@ -53,6 +55,7 @@ RETRYABLE: frozenset[ErrorReason] = frozenset(
         ErrorReason.CONFLICT,
         ErrorReason.NOT_LEADER,
         ErrorReason.IP_POOL_EXHAUSTED,
+        ErrorReason.PSTS_SUBNET_EXHAUSTED,  # IPs of its subnets come back as pods go; kubelet retries the ADD
     }
 )
 
@@ -62,6 +65,10 @@ DESCRIPTIONS: dict[ErrorReason, str] = {
     ErrorReason.ENI_CAPACITY_EXCEED: "the node has reached its ENI quota and every ENI is full",
     ErrorReason.SUBNET_NO_MORE_IP: "the subnet has no free address left",
     ErrorReason.NO_AVAILABLE_SUBNET: "no subnet in the node's zone is configured or has room",
+    ErrorReason.SUBNET_NOT_IN_ZONE: "no subnet of the pod's PodSubnetTopologySpread is usable in its node's zone "
+                                    "(another zone, absent from the VPC): retrying on this node cannot help",
+    ErrorReason.PSTS_SUBNET_EXHAUSTED: "the subnets of the pod's PodSubnetTopologySpread have no free IP for its node "
+                                       "(subnet or ranges full, or no room on the node for an ENI in them)",
     ErrorReason.CIDR_POOL_EXHAUSTED: "the cluster container CIDR has no free node CIDR left",
     ErrorReason.WAIT_NODE_CIDR: "the pool is empty while a node CIDR and its VPC route rule are being set up",
     ErrorReason.CLOUD_THROTTLED: "the cloud API rate limit was hit and retries ran out",

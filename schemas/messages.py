@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pydantic import Field
 
 from schemas.base import CloudId, ContainerId, Contract, IfName, InstanceType, NetworkMode, NodeName
-from schemas.records import CceEndpoint, NetResourceSet, PoolSettings
+from schemas.records import Bandwidth, CceEndpoint, NetResourceSet, PoolSettings, ReleaseStrategy
 
 # ---------------------------------------------------------------------------------------------------------------
 # cce.node.v1.register.<node>
@@ -58,6 +58,14 @@ class PodRef(Contract):
     uid: str = ""
 
 
+class FixedIpRequest(Contract):
+    """The pod (of a StatefulSet) keeps its IP across delete and re-create."""
+
+    release_strategy: ReleaseStrategy = ReleaseStrategy.TTL
+    ttl_s: float | None = Field(None, ge=0, description="TTL after the pod goes; empty: ipam's default (7 days)")
+    owner: str = Field("", max_length=300, description="the pod's controller, e.g. StatefulSet/web")
+
+
 class AllocateRequest(Contract):
     """Idempotent by (container_id, ifname): a repeat returns the same endpoint."""
 
@@ -69,6 +77,9 @@ class AllocateRequest(Contract):
     wait_s: float = Field(10.0, ge=0, le=120, description="how long to wait for the pool to refill")
     netns: str = Field("", max_length=4096, description="the pod's network namespace: recorded in the endpoint, the "
                                                        "one place the node's datapath takes it from")
+    bandwidth: Bandwidth | None = Field(None, description="the pod's traffic limits: recorded in the endpoint, "
+                                                          "which the datapath shapes by")
+    fixed_ip: FixedIpRequest | None = Field(None, description="the pod keeps its IP (StatefulSet pods)")
 
 
 class AllocateReply(Contract):
@@ -166,6 +177,26 @@ class CheckRequest(Contract):
 class CheckReply(Contract):
     ok: bool
     problems: list[str] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cce.eni.v1.assign.<node>
+
+
+class AssignIpRequest(Contract):
+    """Put a named private IP on an ENI of `node` in `subnet_id`, taking it off the ENI of another node of ours that
+    carries it (a fixed IP following its pod). Idempotent: an IP already on an ENI of the node is where it should be.
+    ipam asks only for IPs no pod holds."""
+
+    node: NodeName
+    ip: IPv4Address
+    subnet_id: CloudId
+    request_id: str = Field(min_length=1, max_length=128)
+
+
+class AssignIpReply(Contract):
+    eni_id: CloudId
+    moved_from: CloudId | None = Field(None, description="the ENI it was taken off")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ already do anything the other can through the kernel; the boundary that matters 
 operator's tools. The simulated cloud (vpc_sim) has no bus connection and no identity.
 
 A node identity publishes only its own node's requests (`….<node>`), events (`cce.events.*.<node>.*`) and keys
-(`$KV.<bucket>.<node>.>` of the node-scoped buckets it writes), reads the buckets it needs, and can neither change a
+(`$KV.<bucket>.<node>.>` of the node-scoped buckets it writes) and trace records
+(`cce.traces.<node>.>`), reads the buckets it needs, and can neither change a
 stream's or bucket's configuration nor touch a lease. Each identity has its own inbox prefix (`_INBOX.<identity>`),
 so no one can listen to another's replies.
 """
@@ -33,7 +34,9 @@ from schemas.subjects import (
     NODE_DATAPATH,
     REQUESTS,
     ROUTE_MANAGER,
+    STREAMS,
     Bucket,
+    Stream,
 )
 
 CONTROL_PLANE = (IPAM, ENI_MANAGER, ROUTE_MANAGER, K8S_BRIDGE)
@@ -121,6 +124,8 @@ def permissions(identity: Identity) -> Permissions:
         if writes or any(s in bucket.readers for s in identity.services):
             pub += _reads(bucket, node)
     pub += _lease(identity)
+    for stream in STREAMS:
+        pub += _stream(stream, identity)
     if K8S_BRIDGE in identity.services:
         pub += _events_consumer()
     return Permissions(publish=tuple(dict.fromkeys(pub)), subscribe=tuple(dict.fromkeys(sub)))
@@ -152,6 +157,24 @@ def _lease(identity: Identity) -> list[str]:
     out = [f"{JS_API}.STREAM.INFO.{stream}", f"{JS_API}.STREAM.CREATE.{stream}", f"{JS_API}.STREAM.UPDATE.{stream}"]
     for key in keys:
         out += [f"$KV.{LEASES.name}.{key}", f"{JS_API}.DIRECT.GET.{stream}.$KV.{LEASES.name}.{key}"]
+    return out
+
+
+def _stream(stream: Stream, identity: Identity) -> list[str]:
+    """A shared stream: its writers publish (a node only under its own node), control-plane writers may create it
+    and bring its limits to the contract; its readers read it with consumers of their own."""
+    out: list[str] = []
+    name = stream.name
+    if any(s in stream.writers for s in identity.services):
+        if identity.node:
+            out.append(f"{stream.prefix}.{identity.node}.>")
+        else:
+            out += [stream.wildcard, f"{JS_API}.STREAM.INFO.{name}", f"{JS_API}.STREAM.CREATE.{name}",
+                    f"{JS_API}.STREAM.UPDATE.{name}"]
+    if any(s in stream.readers for s in identity.services):
+        out += [f"{JS_API}.STREAM.INFO.{name}", f"{JS_API}.CONSUMER.CREATE.{name}",
+                f"{JS_API}.CONSUMER.CREATE.{name}.>", f"{JS_API}.CONSUMER.INFO.{name}.*",
+                f"{JS_API}.CONSUMER.DELETE.{name}.*", f"$JS.FC.{name}.>"]
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
@@ -36,6 +36,10 @@ class PoolSettings(Contract):
     release_delay_s: float = Field(30.0, ge=0, description="how long an excess IP stays marked before it goes")
     cooldown_s: float = Field(30.0, ge=0, description="a freed pod IP is not handed out again before this")
     eni_cooldown_s: float = Field(5.0, ge=0, description="exclusive mode: a freed ENI goes to no other pod before this")
+    lookahead_s: float = Field(10.0, ge=0, description="the pool keeps free, besides pre_allocate, about as many IPs "
+                                                       "as pods took in the last this many seconds (at most "
+                                                       "pre_allocate + max_above_watermark - 9); 0 turns the "
+                                                       "look-ahead off")
     eni_release_after_s: float | None = Field(
         300.0, ge=0, description="exclusive mode: free ENIs beyond those held, waited for and the one spare are "
                                  "deleted once the surplus has lasted this long; null keeps them")
@@ -68,6 +72,11 @@ class NodeCapacity(Contract):
     free_enis: int = Field(0, description="exclusive mode: spare ENIs ready for a pod")
     max_enis: int = 0
     ips_per_eni: int = 0
+    pod_ips: int = Field(0, ge=0, description="pods the node can hold by address: the addresses it has (in use, free, "
+                                              "cooling) and can still obtain, at most its max pods (the extended "
+                                              "resource cce.io/ip on its Node)")
+    pod_enis: int = Field(0, ge=0, description="exclusive ENIs the node can give pods: held, free, cooling, coming "
+                                               "and still creatable within its quota (cce.io/eni on its Node)")
 
 
 class NodeCondition(Contract):
@@ -199,6 +208,26 @@ class EndpointAddress(Contract):
     mac: str | None = Field(None, description="exclusive mode: the ENI's MAC")
 
 
+class Bandwidth(Contract):
+    """A pod's traffic limits, shaped on the node (from `kubernetes.io/{ingress,egress}-bandwidth` or the CNI
+    `bandwidth` capability). Ingress is traffic into the pod, egress out of it."""
+
+    ingress_bps: int | None = Field(None, ge=1, description="traffic into the pod, bits per second")
+    ingress_burst_bytes: int | None = Field(None, ge=1, description="bytes let through at once into the pod")
+    egress_bps: int | None = Field(None, ge=1, description="traffic out of the pod, bits per second")
+    egress_burst_bytes: int | None = Field(None, ge=1, description="bytes let through at once out of the pod")
+
+
+class AllocationType(StrEnum):
+    ELASTIC = "Elastic"  # the IP goes back to the pool when the pod goes
+    FIXED = "Fixed"  # the IP stays the pod's (by namespace/name) across delete and re-create, for a TTL
+
+
+class ReleaseStrategy(StrEnum):
+    TTL = "TTL"  # a fixed IP is released once its pod has been gone for the TTL
+    NEVER = "Never"  # released only when the reservation is deleted by hand
+
+
 class CceEndpoint(Contract):
     """Key: `<node>.<container_id>.<ifname>`, the CNI idempotency key scoped by node."""
 
@@ -216,6 +245,40 @@ class CceEndpoint(Contract):
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = Field(None, description="an unconfirmed allocation expires then")
     updated_at: datetime = Field(default_factory=utcnow)
+    bandwidth: Bandwidth | None = Field(None, description="the pod's traffic limits, shaped by the node's datapath")
+    allocation_type: AllocationType = Field(AllocationType.ELASTIC, description="Fixed: the IP is the pod's "
+                                            "(its FixedIp reservation), kept after the pod goes")
+    release_strategy: ReleaseStrategy | None = Field(None, description="Fixed: when the IP is released")
+    release_ttl_s: float | None = Field(None, ge=0, description="Fixed, TTL: how long after the pod goes")
+    psts: str = Field("", description="the key of the PodSubnetTopologySpread whose subnets the IP came from")
+
+
+class FixedIp(Contract):
+    """Key: `<namespace>.<name>` of the pod. A StatefulSet pod's fixed IP, written by ipam: the pod gets it again
+    when it comes back under the same namespace and name, on any node of the subnet (the IP moves between ENIs);
+    released once the pod has been gone for `ttl_s` (never when `release_strategy` is Never)."""
+
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    ip: IPv4Address
+    subnet_id: CloudId
+    subnet_cidr: IPv4Network
+    node: NodeName = Field(description="the node whose ENI carries the IP now")
+    eni_id: CloudId = Field(description="the ENI carrying the IP now")
+    endpoint: str = Field("", description="the endpoint key holding it; empty while the pod is gone")
+    pod_uid: str = ""
+    owner: str = Field("", description="the pod's controller, e.g. StatefulSet/web")
+    release_strategy: ReleaseStrategy = ReleaseStrategy.TTL
+    ttl_s: float | None = Field(None, ge=0, description="TTL: kept this long after the pod goes")
+    idle_since: datetime | None = Field(None, description="since when no pod holds it")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def release_at(self) -> datetime | None:
+        if self.release_strategy is ReleaseStrategy.NEVER or self.idle_since is None or self.ttl_s is None:
+            return None
+        return self.idle_since + timedelta(seconds=self.ttl_s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -330,6 +393,16 @@ class ReleaseMark(Contract):
     marked_at: datetime = Field(default_factory=utcnow)
 
 
+class SubnetDemand(Contract):
+    """What pods selected by a PodSubnetTopologySpread want of one subnet on a node: eni_manager keeps that many IPs
+    there (inside `ranges` when given), on an ENI of the subnet, creating one when the node has none."""
+
+    target_ips: int = Field(0, ge=0, description="IPs of the subnet (inside the ranges) the node should have")
+    used: int = Field(0, ge=0)
+    waiting: int = Field(0, ge=0)
+    ranges: list[IPv4Network] = Field(default_factory=list, description="only IPs inside these; empty: any")
+
+
 class PoolDemand(Contract):
     """ipam's statement of what the node's pool should hold; eni_manager provisions toward `target_ips`."""
 
@@ -344,6 +417,17 @@ class PoolDemand(Contract):
     enis_used: int = Field(0, ge=0, description="exclusive ENIs held by pods")
     enis_pending: int = Field(0, ge=0, description="allocations waiting for an exclusive ENI right now")
     enis_free: int = Field(0, ge=0, description="exclusive ENIs ready for a pod (not held, not cooling down)")
+    refill_batch: int = Field(0, ge=0, description="eni_manager rounds a refill up to a multiple of this many IPs "
+                                                   "(the cloud's IPs per call; within the node's cap): the IPs the "
+                                                   "next pods take come at no extra call; 0: exactly target_ips")
+    subnets: dict[str, SubnetDemand] = Field(
+        default_factory=dict, description="PodSubnetTopologySpread: subnet id -> the IPs pods it selects want there")
+
+
+class SubnetWait(Contract):
+    subnet_id: CloudId
+    ranges: list[IPv4Network] = Field(default_factory=list)
+    since: datetime = Field(default_factory=utcnow)
 
 
 class NodePool(Contract):
@@ -367,6 +451,15 @@ class NodePool(Contract):
                                           "eni_manager deletes it")
     eni_surplus_since: datetime | None = Field(
         None, description="exclusive mode: since when the node has had more free ENIs than it needs")
+    subnet_waiting: dict[str, SubnetWait] = Field(
+        default_factory=dict, description="PodSubnetTopologySpread: endpoint key -> the subnet it waits for an IP of")
+    waiting_traces: dict[str, str] = Field(
+        default_factory=dict, description="endpoint key -> the W3C traceparent of its waiting allocation, so the "
+                                          "refill eni_manager makes for it joins that trace")
+    recent_allocations: float = Field(
+        0.0, ge=0, description="allocations of the last PoolSettings.lookahead_s (a decaying count, as of "
+                               "recent_at): the consumption rate the pool looks ahead by")
+    recent_at: datetime | None = Field(None, description="when recent_allocations was last counted")
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -404,4 +497,81 @@ class PodInfo(Contract):
     annotations: dict[str, str] = Field(default_factory=dict, description="only the annotations the network reads")
     labels: dict[str, str] = Field(default_factory=dict)
     deleting: bool = Field(False, description="the pod object has a deletion timestamp")
+    namespace_annotations: dict[str, str] = Field(default_factory=dict,
+                                                  description="the annotations of ours on the pod's namespace")
+    namespace_labels: dict[str, str] = Field(default_factory=dict, description="the labels of the pod's namespace "
+                                             "(a ClusterPodSubnetTopologySpread selects namespaces by them)")
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subnet selection: PodSubnetTopologySpread (namespaced) and ClusterPodSubnetTopologySpread, read by k8s_bridge from
+# their Kubernetes objects, validated against the VPC and written here for ipam.
+
+
+class SelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelRequirement(Contract):
+    key: str = Field(min_length=1, max_length=317)
+    operator: SelectorOperator
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(Contract):
+    """A Kubernetes label selector: every matchLabels pair and every expression must hold (empty: everything)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelRequirement] = Field(default_factory=list)
+
+
+class SpreadStrategy(StrEnum):
+    ELASTIC = "Elastic"  # the IP goes back to the subnet's pool when the pod goes
+
+
+class SpreadSubnet(Contract):
+    """One subnet of a spread, as asked and as the VPC says it is (`zone`, `cidr`: filled once validated)."""
+
+    subnet_id: CloudId
+    ranges: list[IPv4Network] = Field(default_factory=list, description="only IPs inside these; empty: any")
+    priority: int = Field(0, description="subnets of higher priority are used first")
+    zone: str = ""
+    cidr: IPv4Network | None = None
+    error: str = Field("", description="why the subnet cannot be used (absent from the VPC, a range outside it)")
+
+    @property
+    def is_usable(self) -> bool:
+        return self.cidr is not None and not self.error
+
+
+class SubnetSpread(Contract):
+    """Key: `<namespace>.<name>` of a PodSubnetTopologySpread, `_cluster.<name>` of a ClusterPodSubnetTopologySpread
+    (see `psts_key`). Pods it selects get IPs only from ENIs in its usable subnets. Written by k8s_bridge."""
+
+    namespace: str = Field("", max_length=63, description="empty for a cluster-wide one")
+    name: str = Field(min_length=1, max_length=253)
+    uid: str = ""
+    generation: int = 0
+    priority: int = Field(0, description="of the cluster-wide ones selecting a pod, the highest priority wins")
+    strategy: SpreadStrategy = SpreadStrategy.ELASTIC
+    pod_selector: LabelSelector = Field(default_factory=LabelSelector)
+    namespace_selector: LabelSelector | None = Field(None, description="cluster-wide: the namespaces it applies to")
+    subnets: list[SpreadSubnet] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list, description="what is wrong with it (it is valid when empty)")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def is_cluster_wide(self) -> bool:
+        return not self.namespace
+
+    @property
+    def is_valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def usable_subnets(self) -> list[SpreadSubnet]:
+        return [s for s in self.subnets if s.is_usable]

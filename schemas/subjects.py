@@ -9,6 +9,8 @@ from schemas.events import Event, EventKind
 from schemas.messages import (
     AllocateReply,
     AllocateRequest,
+    AssignIpReply,
+    AssignIpRequest,
     CheckReply,
     CheckRequest,
     ConfirmReply,
@@ -32,6 +34,7 @@ from schemas.records import (
     Eni,
     EniOnNode,
     EniProvision,
+    FixedIp,
     Lease,
     NetResourceSet,
     NodeCidr,
@@ -39,7 +42,9 @@ from schemas.records import (
     PodInfo,
     RouteRule,
     Subnet,
+    SubnetSpread,
 )
+from schemas.traces import SpanBatch, TraceIndex
 
 # Services, by the name their micro service and queue group carry.
 IPAM = "ipam"
@@ -118,6 +123,12 @@ ROUTE_EXPAND = RequestSubject(
     callers=(IPAM,),
 )
 
+ENI_ASSIGN = RequestSubject(
+    "assign", "cce.eni.v1.assign", AssignIpRequest, AssignIpReply, ENI_MANAGER,
+    "put a named IP on an ENI of the node (a fixed IP following its pod), taking it off another node's ENI",
+    callers=(IPAM,),
+)
+
 REQUESTS: tuple[RequestSubject, ...] = (
     NODE_REGISTER,
     NODE_REMOVE,
@@ -128,6 +139,7 @@ REQUESTS: tuple[RequestSubject, ...] = (
     DATAPATH_TEARDOWN,
     DATAPATH_CHECK,
     ROUTE_EXPAND,
+    ENI_ASSIGN,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,6 +155,51 @@ BRIDGE_EVENTS_CONSUMER = "k8s_bridge_events"  # k8s_bridge's durable consumer: b
 def event_subject(kind: EventKind, node: str, what: str) -> str:
     node_token = "-" if node in ("", "-") else subject_token(node)
     return f"{EVENTS_PREFIX}.{kind.value}.{node_token}.{what}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streams several services append to: plain publishes on `<prefix>.<node>.>` (fire and forget: a writer never waits
+# for the stream, and what is published while it does not exist is lost), read by `readers`; the oldest records go
+# first once a limit is reached.
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    prefix: str
+    records: tuple[type[Contract], ...]
+    writers: tuple[str, ...]
+    readers: tuple[str, ...]
+    summary: str
+    max_age_s: float
+    max_bytes: int
+    max_msgs: int
+
+    @property
+    def wildcard(self) -> str:
+        return f"{self.prefix}.>"
+
+    def node_prefix(self, node: str) -> str:
+        """What a writer for `node` publishes under (`-`: no node)."""
+        return f"{self.prefix}.{'-' if node in ('', '-') else subject_token(node)}"
+
+
+TRACES = Stream(
+    "CCE_TRACES", "cce.traces", (SpanBatch, TraceIndex), writers=(CNI_GATEWAY, IPAM, ENI_MANAGER, NODE_DATAPATH),
+    readers=(ADMIN,), summary="span records of traced CNI requests (`cce-net trace`): "
+    "<node>.span.<trace_id> (SpanBatch), <node>.pod.<command>.<namespace>.<name> (TraceIndex)",
+    max_age_s=24 * 3600, max_bytes=256 << 20, max_msgs=1_000_000,
+)
+STREAMS: tuple[Stream, ...] = (TRACES,)
+
+
+def trace_span_subject(node: str, trace_id: str) -> str:
+    return f"{TRACES.node_prefix(node)}.span.{trace_id}"
+
+
+def trace_index_subject(node: str, command: str, namespace: str, pod: str) -> str:
+    """`pod` is a DNS subdomain: its dots make more tokens, which a filter names the same way."""
+    return f"{TRACES.node_prefix(node)}.pod.{command.lower()}.{namespace}.{pod}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,21 +230,24 @@ ENDPOINTS = Bucket("cce_endpoints", CceEndpoint, IPAM, "<node>.<container_id>.<i
                    readers=(NODE_DATAPATH, CNI_GATEWAY, K8S_BRIDGE), node_scoped=True)
 ENIS = Bucket("cce_enis", Eni, ENI_MANAGER, "<eni_id>", readers=(IPAM, NODE_DATAPATH, K8S_BRIDGE))
 ENI_ON_NODE = Bucket("cce_eni_node", EniOnNode, NODE_DATAPATH, "<node>.<eni_id>", node_scoped=True)
-SUBNETS = Bucket("cce_subnets", Subnet, ENI_MANAGER, "<subnet_id>", readers=(K8S_BRIDGE,))
+SUBNETS = Bucket("cce_subnets", Subnet, ENI_MANAGER, "<subnet_id>", readers=(K8S_BRIDGE, IPAM))
 CIDR_POOL = Bucket("cce_cidr_pool", ClusterCidrPool, ROUTE_MANAGER, "config", readers=(IPAM,))
 NODE_CIDRS = Bucket("cce_node_cidrs", NodeCidr, ROUTE_MANAGER, "<cidr with / as _>", readers=(IPAM,))
 ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as _>", readers=(IPAM,))
 LEASES = Bucket("cce_leases", Lease, "*", "<service>")
 POOLS = Bucket("cce_pools", NodePool, IPAM, "<node>", readers=(ENI_MANAGER, ROUTE_MANAGER, K8S_BRIDGE))
 PROVISION = Bucket("cce_provision", EniProvision, ENI_MANAGER, "<node>", readers=(IPAM, K8S_BRIDGE))
-PODS = Bucket("cce_pods", PodInfo, K8S_BRIDGE, "<node>.<namespace>.<name>", readers=(CNI_GATEWAY,), node_scoped=True)
+PODS = Bucket("cce_pods", PodInfo, K8S_BRIDGE, "<node>.<namespace>.<name>", readers=(CNI_GATEWAY, IPAM),
+              node_scoped=True)
+FIXED_IPS = Bucket("cce_fixed_ips", FixedIp, IPAM, "<namespace>.<name>", readers=(K8S_BRIDGE,))
+SPREADS = Bucket("cce_psts", SubnetSpread, K8S_BRIDGE, "<namespace>.<name> | _cluster.<name>", readers=(IPAM,))
 
 # Leases of the single-active loops: the lease key each service campaigns for (its own and no other).
 LEASE_KEYS: dict[str, str] = {IPAM: "ipam-maintenance", ENI_MANAGER: ENI_MANAGER, ROUTE_MANAGER: ROUTE_MANAGER,
                               K8S_BRIDGE: K8S_BRIDGE}
 
 BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, POOLS, ENIS, ENI_ON_NODE, PROVISION, SUBNETS, CIDR_POOL, NODE_CIDRS,
-                               ROUTES, LEASES, PODS)
+                               ROUTES, LEASES, PODS, FIXED_IPS, SPREADS)
 
 
 def endpoint_key(node: str, container_id: str, ifname: str) -> str:
@@ -196,6 +256,19 @@ def endpoint_key(node: str, container_id: str, ifname: str) -> str:
 
 def eni_on_node_key(node: str, eni_id: str) -> str:
     return f"{subject_token(node)}.{eni_id}"
+
+
+def fixed_ip_key(namespace: str, name: str) -> str:
+    """The key of a pod's FixedIp (namespaces have no '.', so the name is the rest)."""
+    return f"{namespace}.{name}"
+
+
+CLUSTER_SPREAD_PREFIX = "_cluster"  # '_' is never in a namespace name
+
+
+def psts_key(namespace: str, name: str) -> str:
+    """The key of a SubnetSpread: `<namespace>.<name>`, or `_cluster.<name>` for a cluster-wide one."""
+    return f"{namespace or CLUSTER_SPREAD_PREFIX}.{name}"
 
 
 def pod_key(node: str, namespace: str, name: str) -> str:

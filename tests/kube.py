@@ -16,8 +16,9 @@ import pytest
 from kubernetes import client as kclient
 
 from cce_net.kubelocal import KubeAdmin, LocalKube, apply_manifests, missing_parts
-from services.k8s_bridge.manifests import BRIDGE_USER, bridge_binding, bridge_cluster_role, crd
+from services.k8s_bridge.manifests import BRIDGE_USER, objects
 from services.k8s_bridge.projection import GROUP, KINDS, VERSION, Kind
+from services.k8s_bridge.spreads import SPREAD_KINDS
 
 
 class Kube(KubeAdmin):
@@ -60,7 +61,7 @@ class Kube(KubeAdmin):
             self.delete_pod(pod.metadata.namespace, pod.metadata.name)
         for node in self.core.list_node().items:
             self.delete_node(node.metadata.name)
-        for kind in KINDS:
+        for kind in (*KINDS, *SPREAD_KINDS):
             for obj in self.custom.list_cluster_custom_object(GROUP, VERSION, kind.plural)["items"]:
                 meta = obj["metadata"]
                 if kind.namespaced:
@@ -73,7 +74,7 @@ class Kube(KubeAdmin):
 
 
 def manifests() -> list[dict[str, Any]]:
-    return [*(crd(k) for k in KINDS), bridge_cluster_role(), bridge_binding()]
+    return objects()
 
 
 @pytest.fixture(scope="session")

@@ -258,8 +258,9 @@ def security_expiry(creds: Path) -> float:
 
 
 def expected(identity: Identity, subject: str) -> bool:
-    """The contract in words: a node asks ipam and its own datapath about itself; ipam asks route_manager; the
-    bridge registers and removes nodes and releases endpoints; the admin may do anything."""
+    """The contract in words: a node asks ipam and its own datapath about itself; ipam asks route_manager (CIDRs)
+    and eni_manager (fixed IPs moving); the bridge registers and removes nodes and releases endpoints; the admin may
+    do anything."""
     prefix, node = subject.rsplit(".", 1)
     spec = next(r for r in REQUESTS if r.prefix == prefix)
     if identity.is_admin:
@@ -267,7 +268,7 @@ def expected(identity: Identity, subject: str) -> bool:
     if identity.node:
         return node == identity.node and spec.name in ("allocate", "confirm", "release", "setup", "teardown",
                                                         "check")
-    return {"ipam": ("expand",), "k8s_bridge": ("register", "remove", "release")}.get(
+    return {"ipam": ("expand", "assign"), "k8s_bridge": ("register", "remove", "release")}.get(
         identity.name, ()).__contains__(spec.name)
 
 

@@ -25,8 +25,7 @@ from schemas.records import PoolSettings
 from services.cni_gateway.settings import GatewaySettings
 from services.eni_manager.settings import EniManagerSettings
 from services.ipam.settings import IpamSettings
-from services.k8s_bridge.manifests import bridge_cluster_role, crd
-from services.k8s_bridge.projection import KINDS
+from services.k8s_bridge.manifests import ALL_KINDS, bridge_cluster_role, crd
 from services.k8s_bridge.settings import BridgeSettings
 from services.node_datapath.settings import DatapathSettings
 from services.route_manager.settings import RouteManagerSettings
@@ -192,7 +191,7 @@ def test_route_manager_runs_outside_route_mode_when_asked(helm: Helm) -> None:
 def test_crds_and_the_bridge_rules_come_from_manifests_py(helm: Helm) -> None:
     crds = [yaml.safe_load(p.read_text()) for p in sorted((CHART / "crds").glob("*.yaml"))]
     assert sorted(crds, key=lambda c: c["metadata"]["name"]) == sorted(
-        (crd(k) for k in KINDS), key=lambda c: c["metadata"]["name"])
+        (crd(k) for k in ALL_KINDS), key=lambda c: c["metadata"]["name"])
     roles = by_kind(helm.objects(), "ClusterRole")
     assert list(roles) == ["cce-network-k8s-bridge"]
     assert roles["cce-network-k8s-bridge"]["rules"] == bridge_cluster_role()["rules"]
@@ -317,7 +316,10 @@ def test_the_node_agent_installs_the_plugin_then_runs_with_what_it_needs(helm: H
     assert parts["install-cni"]["args"] == [
         "cce-net", "install-cni", "--node=$(CCE_NODE)", "--bin-dir=/host/opt/cni/bin",
         "--conf-dir=/host/etc/cni/net.d", "--plugin=native", "--plugin-binary=/usr/local/lib/cce-network/cni/cce",
-        "--socket=/run/cce-net/cni.sock", "--chain=portmap,bandwidth"]
+        "--socket=/run/cce-net/cni.sock", "--chain=portmap,bandwidth", "--cni-version=1.0.0"]
+    # containerd 1.6/1.7 refuse a 1.1.0 list: the chart asks for 1.0.0 unless told otherwise
+    plain = containers(by_kind(helm.objects("--set", "cni.version="), "DaemonSet")["cce-network-node"])
+    assert not [a for a in plain["install-cni"]["args"] if a.startswith("--cni-version")]
     for name in ("install-cni", "cni-gateway"):
         assert parts[name]["securityContext"]["capabilities"] == {"drop": ["ALL"]}, name
     assert parts["node-datapath"]["securityContext"]["privileged"] is True

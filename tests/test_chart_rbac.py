@@ -12,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cce_net.kubelocal import apply_manifests
 from services.k8s_bridge.projection import GROUP, KINDS
+from services.k8s_bridge.spreads import SPREAD_KINDS
 from tests.e2e_stack import until
 from tests.kube import Kube
 from tests.test_chart import Helm, by_kind, helm  # noqa: F401  (the session's helm fixture)
@@ -28,13 +29,19 @@ BRIDGE_DOES: list[Action] = [
     *[(verb, "", "nodes", "", "") for verb in ("get", "list", "watch")],
     *[(verb, "", "pods", "", ns) for verb in ("list", "watch") for ns in ("", "team-a")],
     ("patch", "", "nodes", "status", ""),
+    ("patch", "", "nodes", "", ""),  # its taint only: the admission policy (test_node_readiness.py) says so
+    *[(verb, "", "namespaces", "", "") for verb in ("get", "list", "watch")],  # their annotations of ours
     *[(verb, "", "events", "", ns) for verb in ("create", "patch") for ns in ("default", "team-a")],
     *[(verb, GROUP, kind.plural, "", "team-a" if kind.namespaced else "")
       for kind in KINDS for verb in ("get", "list", "watch", "create", "patch", "delete")],
     *[("patch", GROUP, kind.plural, "status", "team-a" if kind.namespaced else "") for kind in KINDS],
+    # the subnet spreads users write: read, and their status written
+    *[(verb, GROUP, kind.plural, "", "team-a" if kind.namespaced else "")
+      for kind in SPREAD_KINDS for verb in ("get", "list", "watch")],
+    *[("patch", GROUP, kind.plural, "status", "team-a" if kind.namespaced else "") for kind in SPREAD_KINDS],
 ]
 BRIDGE_MUST_NOT: list[Action] = [
-    ("update", "", "nodes", "", ""), ("patch", "", "nodes", "", ""), ("delete", "", "nodes", "", ""),
+    ("update", "", "nodes", "", ""), ("delete", "", "nodes", "", ""), ("patch", "", "namespaces", "", ""),
     ("update", "", "nodes", "status", ""), ("create", "", "nodes", "", ""),
     ("delete", "", "pods", "", "team-a"), ("create", "", "pods", "", "team-a"), ("patch", "", "pods", "", "team-a"),
     ("create", "", "pods", "eviction", "team-a"), ("create", "", "pods", "exec", "team-a"),
@@ -43,6 +50,9 @@ BRIDGE_MUST_NOT: list[Action] = [
     ("delete", "", "events", "", "team-a"),
     ("update", GROUP, "netresourcesets", "", ""), ("update", GROUP, "cceendpoints", "status", "team-a"),
     ("create", GROUP, "podsubnettopologyspreads", "", "team-a"),
+    ("patch", GROUP, "podsubnettopologyspreads", "", "team-a"), ("delete", GROUP, "podsubnettopologyspreads", "", ""),
+    ("patch", GROUP, "clusterpodsubnettopologyspreads", "", ""),
+    ("create", GROUP, "clusterpodsubnettopologyspreads", "", ""),
     ("list", "apps", "deployments", "", ""), ("create", "apps", "daemonsets", "", NAMESPACE),
     ("create", "events.k8s.io", "events", "", "team-a"), ("patch", "networking.k8s.io", "networkpolicies", "", ""),
     ("create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),

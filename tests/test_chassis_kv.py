@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
+from nats.js.api import DiscardPolicy
+from nats.js.kv import KeyValue
 from pydantic import Field
 
 from chassis.bus import Bus
+from chassis.config import ChassisSettings
 from chassis.kv import KEEP, KvCache, Store
 from schemas.base import Contract
 from schemas.errors import CceError, ErrorReason
-from schemas.subjects import Bucket
+from schemas.subjects import NODES, Bucket
+from tests.kv_gates import FirstReadWaits
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +67,33 @@ async def test_concurrent_mutations_all_land_through_retries(bus: Bus, store: St
     assert final is not None
     assert final.value.value == 40
     assert sorted(final.value.writers) == sorted(f"w{i}" for i in range(40))
+
+
+@pytest.mark.parametrize("deleted_before", [False, True])
+async def test_a_key_created_between_a_writers_read_and_write_is_never_overwritten(
+        bus: Bus, store: Store[Counter], deleted_before: bool) -> None:
+    """Two writers find the key absent (new, or deleted: a tombstone); one creates it while the other is between
+    its read and its write: that one conflicts and retries on the record it never read, never overwrites it."""
+    if deleted_before:
+        await store.create("fresh", Counter(value=100))
+        await store.delete("fresh")
+    late_kv = FirstReadWaits(await bus.bucket(COUNTERS))
+    late = Store(cast(KeyValue, late_kv), Counter, COUNTERS.name)
+
+    def bump(name: str):  # type: ignore[no-untyped-def]
+        def change(cur: Counter | None) -> Counter:
+            cur = cur or Counter(value=0)
+            return Counter(value=cur.value + 1, writers=[*cur.writers, name])
+        return change
+
+    slow = asyncio.create_task(late.mutate("fresh", bump("late")))
+    await late_kv.read.wait()
+    await store.mutate("fresh", bump("early"))
+    late_kv.go.set()
+    await slow
+    final = await store.get("fresh")
+    assert final is not None
+    assert (final.value.value, final.value.writers) == (2, ["early", "late"])
 
 
 async def test_mutate_can_keep_delete_and_create(store: Store[Counter]) -> None:
@@ -123,3 +155,41 @@ async def test_cache_restart_rebuilds_and_reports_what_changed_meanwhile(store: 
     await cache.wait_for(lambda items: "a" not in items and items["b"].value.value == 2, 3)
     assert sorted(seen, key=str) == [("a", None), ("b", 2)]
     await cache.stop()
+
+
+async def test_a_filtered_cache_holds_only_its_keys_and_the_records_it_keeps(store: Store[Counter]) -> None:
+    """A node's view: only `node-1.>` keys, and only records it accepts; one that stops being accepted is a deletion
+    to it, and another node's writes never reach its handler."""
+    seen: list[tuple[str, int | None]] = []
+    for key, value in (("node-1.a", 1), ("node-1.b", 50), ("node-2.a", 1), ("node-10.a", 1)):
+        await store.create(key, Counter(value=value))
+    cache = KvCache(store, on_change=lambda k, v: seen.append((k, v.value.value if v else None)), keys="node-1.>",
+                    keep=lambda c: c.value < 10)
+    await cache.start()
+    assert set(cache.items) == {"node-1.a"}
+    await store.create("node-2.b", Counter(value=3))
+    await store.create("node-1.c", Counter(value=3))
+    await cache.wait_for(lambda items: "node-1.c" in items, 3)
+    current = await store.get("node-1.a")
+    assert current is not None
+    await store.update("node-1.a", Counter(value=99), current.revision)  # no longer one it keeps
+    await cache.wait_for(lambda items: "node-1.a" not in items, 3)
+    assert seen == [("node-1.c", 3), ("node-1.a", None)] and set(cache.items) == {"node-1.c"}
+    await cache.stop()
+
+
+async def test_opening_a_bucket_again_leaves_its_kv_layout_alone(settings: ChassisSettings) -> None:
+    """Bringing a bucket to the contract touches only what the contract says (history, replicas, description):
+    never nats-py's KV layout (discard new, duplicate window), which an update would break."""
+    first = await Bus.connect(settings, name="first")
+    second = await Bus.connect(settings, name="second")
+    try:
+        await first.bucket(NODES)
+        before = (await first.js.stream_info(NODES.stream)).config
+        await second.bucket(NODES)
+        after = (await second.js.stream_info(NODES.stream)).config
+        assert after.discard == before.discard == DiscardPolicy.NEW
+        assert after.duplicate_window == before.duplicate_window
+    finally:
+        await first.close()
+        await second.close()

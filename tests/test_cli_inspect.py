@@ -147,6 +147,33 @@ async def test_rendered_status_names_the_node_and_its_eni(bus: Bus) -> None:
     assert "(none)" in text  # the Leaders table is empty
 
 
+async def test_status_shows_the_fixed_ips_held_and_reserved_with_when_they_go(bus: Bus) -> None:
+    from datetime import UTC, datetime
+
+    from schemas.records import FixedIp, ReleaseStrategy
+    from schemas.subjects import FIXED_IPS
+
+    store = await _store(bus, FIXED_IPS)
+    held = FixedIp(namespace="team-a", name="db-0", ip="10.0.0.7", subnet_id="sbn-1", subnet_cidr="10.0.0.0/24",
+                   node="node-1", eni_id="eni-abc", endpoint="node-1.c1.eth0", ttl_s=604800)
+    idle = FixedIp(namespace="team-a", name="db-1", ip="10.0.0.8", subnet_id="sbn-1", subnet_cidr="10.0.0.0/24",
+                   node="node-1", eni_id="eni-abc", ttl_s=3600, idle_since=datetime(2026, 1, 1, tzinfo=UTC))
+    never = idle.model_copy(update={"name": "db-2", "ip": "10.0.0.9", "ttl_s": None,
+                                    "release_strategy": ReleaseStrategy.NEVER})
+    for r in (held, idle, never):
+        await store.create(f"{r.namespace}.{r.name}", r)
+    console = Console(record=True, width=200)
+
+    data = await status_data(bus)
+    render_status(data, console)
+
+    assert [r["name"] for r in data["fixed_ips"]] == ["db-0", "db-1", "db-2"]
+    lines = {line.split()[1]: line for line in console.export_text().splitlines() if "team-a/db-" in line}
+    assert "in use" in lines["team-a/db-0"] and "TTL 604800s" in lines["team-a/db-0"]
+    assert "reserved" in lines["team-a/db-1"] and "2026-01-01T01:00:00Z" in lines["team-a/db-1"]
+    assert "Never" in lines["team-a/db-2"]
+
+
 def test_rendering_an_empty_status_prints_empty_tables() -> None:
     console = Console(record=True, width=200)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from schemas.messages import SetupReply
 from schemas.records import CceEndpoint, EndpointAddress
 from services.cni_gateway import domain
 from services.cni_gateway.domain import Attachment, CniCode, CniFailure
-from services.cni_gateway.install import build_conflist
+from services.cni_gateway.install import InstallError, build_conflist, install_cni
 
 pytestmark = pytest.mark.unit
 
@@ -195,11 +196,25 @@ def test_conflist_puts_ours_first_keeps_user_plugins_and_adds_chained_once() -> 
     conflist = build_conflist(existing, "node-1", "/run/cce-net/cni.sock", ["portmap", "bandwidth"])
     assert conflist["cniVersion"] == "1.0.0" and conflist["name"] == "cce"
     assert conflist["plugins"] == [
-        {"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1", "extra": 1},
+        {"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1", "extra": 1, "bandwidth": "chained"},
         {"type": "tuning", "sysctl": {"net.core.somaxconn": "500"}},
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": False},
         {"type": "bandwidth", "capabilities": {"bandwidth": True}}]
     assert build_conflist(conflist, "node-1", "/run/cce-net/cni.sock", ["portmap", "bandwidth"]) == conflist
+    alone = build_conflist(None, "node-1", "/run/cce-net/cni.sock", ["portmap"])
+    assert alone["plugins"][0]["capabilities"] == {"bandwidth": True} and "bandwidth" not in alone["plugins"][0]
+
+
+def test_conflist_version_is_1_1_alone_1_0_chained_or_what_the_node_sets() -> None:
+    assert build_conflist(None, "node-1", "/s", [])["cniVersion"] == "1.1.0"  # GC and STATUS
+    assert build_conflist(None, "node-1", "/s", ["portmap"])["cniVersion"] == "1.0.0"
+    assert build_conflist(None, "node-1", "/s", [], "1.0.0")["cniVersion"] == "1.0.0"  # containerd 1.6/1.7
+
+
+def test_install_refuses_a_cni_version_the_conflist_cannot_have(tmp_path: Path) -> None:
+    with pytest.raises(InstallError, match=r"0\.9\.9"):
+        install_cni(tmp_path / "bin", tmp_path / "conf", "node-1", version="0.9.9", plugin_kind="python")
+    assert not (tmp_path / "conf").exists()
 
 
 # ---- the plugin's own JSON codec (json's C halves, without importing re/enum) ------------------------------------

@@ -79,7 +79,8 @@ async def test_the_plugin_is_installed_as_chosen(cni: Cni, cni_plugin: PluginCho
         assert cni.gw.plugin.read_bytes() == cni_plugin.binary.read_bytes()
     assert stat.S_IMODE(cni.gw.plugin.stat().st_mode) == 0o755
     conflist = json.loads((cni.gw.dir / "conf" / "10-cce.conflist").read_text())
-    assert conflist["plugins"][0] == {"type": "cce", "socket": str(cni.gw.socket), "node": NODE}
+    assert conflist["plugins"][0] == {"type": "cce", "socket": str(cni.gw.socket), "node": NODE,
+                                      "capabilities": {"bandwidth": True}}
 
 
 async def test_the_socket_is_private_to_root(cni: Cni) -> None:
@@ -278,6 +279,17 @@ async def test_a_reply_the_plugin_cannot_read_is_an_io_failure(cni: Cni, case: s
     assert set(error) == {"cniVersion", "code", "msg", "details"}
 
 
+async def test_a_gateway_gone_mid_request_is_a_coded_service_unavailable(cni: Cni) -> None:
+    """A gateway killed while serving closes the connection without a reply: the CNI error still carries a coded
+    reason (found by the chaos run: kubelet saw code 5 with nothing to look up)."""
+    path = cni.gw.dir / "fake.sock"
+    async with fake_gateway(path, b""):
+        code, error = await cni.gw.exec("DEL", container_id="gone", config=cni.gw.config(socket=str(path)))
+    assert code == 1 and error is not None
+    assert error["code"] == 5 and error["msg"].startswith("ServiceUnavailable: ") and \
+        error["details"].split()[0] == "ServiceUnavailable", error
+
+
 # ---- DEL ---------------------------------------------------------------------------------------------------------
 
 
@@ -401,15 +413,17 @@ async def test_status_is_unavailable_until_the_node_registers(cni: Cni) -> None:
 
 
 async def test_gc_releases_this_nodes_attachments_the_runtime_does_not_list(cni: Cni) -> None:
-    for cid in ("g-keep", "g-gone"):
-        assert (await cni.gw.exec("ADD", container_id=cid))[0] == 0
     store: Store[CceEndpoint] = Store(await cni.bus.bucket(ENDPOINTS), CceEndpoint, ENDPOINTS.name)
     other = CceEndpoint(node="node-2", container_id="g-other", ifname="eth0", namespace="d", pod="p",
                         addresses=[EndpointAddress(ip=SUBNET[99], gateway=GATEWAY_IP)])
-    await store.create(endpoint_key("node-2", "g-other", "eth0"), other)
+    await store.create(endpoint_key("node-2", "g-other", "eth0"), other)  # written first: the watch is in order
+    for cid in ("g-keep", "g-gone"):
+        assert (await cni.gw.exec("ADD", container_id=cid))[0] == 0
     gateway = cni.gw.gateway
     assert gateway is not None
-    await wait_until(lambda: len(gateway.gateway.endpoints.values()) == 3)
+    # the gateway's view holds this node's endpoints only: node-2's record, older than both, never arrives
+    await wait_until(lambda: len(gateway.gateway.endpoints.values()) == 2)
+    assert {e.node for e in gateway.gateway.endpoints.values()} == {NODE}
     config = cni.gw.config("1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "g-keep", "ifname": "eth0"}]})
     assert await cni.gw.exec("GC", config=config) == (0, None)
     assert cni.ipam.verbs("release") == ["g-gone"] and cni.datapath.verbs("teardown") == ["g-gone"]

@@ -141,7 +141,8 @@ def test_install_cni_is_idempotent_and_keeps_user_plugins(tmp_path: Path, cni_pl
     conflist_path = tmp_path / "conf" / "10-cce.conflist"
     conflist = json.loads(conflist_path.read_text())
     assert [p["type"] for p in conflist["plugins"]] == ["cce", "portmap", "bandwidth"]
-    assert conflist["plugins"][0] == {"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1"}
+    assert conflist["plugins"][0] == {"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1",
+                                      "bandwidth": "chained"}  # the chained reference plugin shapes
     assert conflist["plugins"][1]["capabilities"] == {"portMappings": True}
     assert conflist["plugins"][2]["capabilities"] == {"bandwidth": True}
     plugin = tmp_path / "bin" / "cce"

@@ -224,6 +224,22 @@ def test_ips_are_added_to_an_eni_with_room_in_batches_of_at_most_ten() -> None:
         AddIps("eni-1", 10), AddIps("eni-1", 10), AddIps("eni-1", 5))
 
 
+def test_a_refill_is_rounded_up_to_ipams_batch_within_the_eni_room_and_the_node_cap() -> None:
+    batched = NodePool(node="node-1", demand=PoolDemand(target_ips=12, refill_batch=10))
+    enis = [eni("eni-1", 1, 10, ip_quota=40)]
+    assert plan(nrs(), enis, batched, quota=Quota(8, 40)).actions == (AddIps("eni-1", 10),)
+    assert plan(nrs(max_pods=15), enis, batched, quota=Quota(8, 40)).actions == (AddIps("eni-1", 5),)
+    assert plan(nrs(), [eni("eni-1", 1, 10)], batched).actions == (AddIps("eni-1", 5),)  # the ENI's room
+    assert plan(nrs(), enis, 12, quota=Quota(8, 40)).actions == (AddIps("eni-1", 2),)  # no batch asked: exact
+
+
+def test_a_node_giving_ips_back_gets_no_more_than_it_needs() -> None:
+    giving = NodePool(node="node-1", demand=PoolDemand(target_ips=12, refill_batch=10),
+                      releasing={"10.1.1.1": ReleaseMark(eni_id="eni-1", state=ReleaseState.MARKED)})
+    assert plan(nrs(), [eni("eni-1", 1, 10, ip_quota=40)], giving, quota=Quota(8, 40)).actions == (
+        AddIps("eni-1", 2),)
+
+
 def test_the_fullest_eni_is_filled_first() -> None:
     enis = [eni("eni-1", 1, 5), eni("eni-2", 2, 10)]
     assert plan(nrs(), enis, 20).actions == (AddIps("eni-2", 5),)

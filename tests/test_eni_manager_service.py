@@ -35,6 +35,7 @@ from schemas.records import (
 )
 from schemas.subjects import ENI_MANAGER, ENIS, EVENTS_WILDCARD, NODES, POOLS, PROVISION
 from services.eni_manager.main import wire_manager
+from services.eni_manager.reconciler import Reconciler
 from services.eni_manager.settings import EniManagerSettings
 from services.vpc_sim.admin import SimAdmin
 from services.vpc_sim.server import SimServer
@@ -130,10 +131,15 @@ class Manager:
         self.proc = ServiceProcess(ENI_MANAGER, self.settings)
         self.api = api or w.api
         self.stopped = False
+        self.reconciler: Reconciler | None = None
+
+    def knows_pod_ip(self, node: str, ip: str) -> bool:
+        """The manager has seen the pool record saying the node's pool holds the IP for a pod."""
+        return self.reconciler is not None and node in self.reconciler.views.pod_nodes(ip)
 
     async def start(self) -> None:
         await self.proc.start()
-        await wire_manager(self.proc, self.settings, self.api)
+        self.reconciler = await wire_manager(self.proc, self.settings, self.api)
         self.proc.ready = True
 
     async def stop(self) -> None:
@@ -405,6 +411,32 @@ async def test_a_standby_takes_over_a_leader_killed_mid_creation_without_a_secon
     assert [e.object for e in world.seen("eni", "created")] == ([] if unrecorded else [cloud.eni_id])
 
 
+async def test_nodes_registered_after_the_election_join_without_a_vpc_scan_each(world: World) -> None:
+    """A node known when the term began waits for a VPC scan before acting (a predecessor may have created an ENI
+    for it unrecorded); one whose record was first written after that cannot have one and joins on its own
+    listing: a join never waits for a listing of the whole VPC."""
+    async with running(world):
+        known = await world.add_node("node-1", target=5)
+    probe = ProbeApi(world.api)
+    async with running(world, probe, resync_period_s=600.0) as manager:
+        await until(manager.leading, "leading")
+        # node-1 was settled by the first term; this term's first round of it lists its instance, after the scan
+        await until(lambda: _true(known in probe.listings), "node-1's first round of this term")
+        assert probe.listings.index(None) < probe.listings.index(known)  # the term's scan came first
+        await until(lambda: settled(world, known, 5, enis=1), "node-1 settled")
+        assert probe.listed(per_instance=False) == 1
+        for name in ("node-2", "node-3", "node-4"):
+            instance_id = await world.add_node(name, target=5)
+
+            async def holding(instance_id: str = instance_id) -> bool:
+                enis = await world.cloud_enis(instance_id)
+                return len(enis) == 1 and enis[0].status is EniState.INUSE and secondaries(enis) == 5
+
+            await until(holding, f"{name} holding 5 IPs")
+        assert probe.listed(per_instance=False) == 1
+        assert probe.listed(per_instance=True) == 4  # each node's first round lists its instance
+
+
 # ---- periodic resync ----------------------------------------------------------------------------------------
 
 
@@ -438,6 +470,123 @@ async def test_periodic_resyncs_use_the_vpc_listing_and_still_catch_drift_in_the
         await until(lambda: holding(instances[0], 5), "the IP made up for")
         [record] = await world.records("node-1")
         assert sorted(map(str, record.secondary_ips)) == sorted((await world.cloud_enis(instances[0]))[0].secondary_ips)
+
+
+# ---- one IP, one ENI -------------------------------------------------------------------------------------------
+
+
+async def _lowest_secondary(world: World, instance_id: str) -> tuple[str, str]:
+    """An ENI of the instance and its lowest secondary IP (the simulator hands out the lowest free address)."""
+    [eni] = await world.cloud_enis(instance_id)
+    return eni.eni_id, min(eni.secondary_ips, key=lambda ip: tuple(map(int, ip.split("."))))
+
+
+async def _listed_by(world: World, ip: str) -> list[str]:
+    return sorted(item.value.eni_id for item in (await world.enis.list()).values()
+                  if ip in map(str, item.value.secondary_ips))
+
+
+async def test_an_ip_taken_off_an_eni_behind_our_back_and_handed_to_another_node_leaves_the_first_record(
+        world: World) -> None:
+    """No resync of node-1 comes (a long period): the record of node-2's ENI getting the IP is what takes it off
+    node-1's stale record, so the two nodes' pools never both offer it."""
+    async with running(world, resync_period_s=600.0):
+        one = await world.add_node("node-1", target=5)
+        await until(lambda: settled(world, one, 5, enis=1), "node-1 settled")
+        two = await world.add_node("node-2", target=5)
+        await until(lambda: _settled_count(world, two, 5), "node-2 settled")
+        eni_1, ip = await _lowest_secondary(world, one)
+        await world.api.remove_private_ips(eni_1, [ip])  # by hand; node-1's record still lists it
+        await world.set_target("node-2", 6)  # the cloud hands the freed address to node-2's ENI
+        await until(lambda: _has(world, two, ip), "the address on node-2's ENI in the cloud")
+        [eni_2] = await world.cloud_enis(two)
+        await until(lambda: _listed_is(world, ip, [eni_2.eni_id]), "only node-2's record listing it")
+        await until(lambda: _true(any(ip in e.data["ips"] for e in world.seen("ip", "moved")
+                                      if e.object == eni_1 and e.node == "node-1")), "a moved event for node-1")
+
+
+async def _has(world: World, instance_id: str, ip: str) -> bool:
+    return any(ip in e.secondary_ips for e in await world.cloud_enis(instance_id))
+
+
+async def _listed_is(world: World, ip: str, eni_ids: list[str]) -> bool:
+    return await _listed_by(world, ip) == eni_ids
+
+
+async def _a_pod_of_node_1_holds(world: World, manager: Manager, ip: str) -> None:
+    """node-1's pool holds the IP for a pod (as ipam writes it), and the manager has seen it."""
+
+    def hold(pool: NodePool | None) -> NodePool:
+        assert pool is not None
+        return pool.model_copy(update={"allocated": {**pool.allocated, ip: "node-1.pod-a.eth0"}})
+
+    await world.pools.mutate(subject_token("node-1"), hold)
+    await until(lambda: _true(manager.knows_pod_ip("node-1", ip)), "the pool holding seen by the manager")
+
+
+async def _handed_to_node_2(world: World, manager: Manager, node_1_ips: int) -> tuple[str, str, str, str]:
+    """node-1's pool holds its lowest address for a pod; the address is taken off node-1's ENI behind our back and
+    the cloud hands it to node-2's ENI. (node-1's own resync would put it back first: none comes, the period is
+    long.) Returns node-2's instance, node-1's and node-2's ENIs and the address."""
+    one = await world.add_node("node-1", target=node_1_ips)
+    await until(lambda: settled(world, one, node_1_ips, enis=1), "node-1 settled")
+    two = await world.add_node("node-2", target=5)
+    await until(lambda: _settled_count(world, two, 5), "node-2 settled")
+    eni_1, ip = await _lowest_secondary(world, one)
+    [eni_2] = await world.cloud_enis(two)
+
+    await _a_pod_of_node_1_holds(world, manager, ip)
+    await world.api.remove_private_ips(eni_1, [ip])
+    await world.set_target("node-2", 6)
+    return two, eni_1, eni_2.eni_id, ip
+
+
+async def test_an_ip_a_pod_on_another_node_has_goes_back_from_the_eni_the_cloud_put_it_on(world: World) -> None:
+    async with running(world, resync_period_s=600.0) as manager:
+        two, eni_1, eni_2, ip = await _handed_to_node_2(world, manager, 5)
+        await until(lambda: _true(any(e.data["ips"] == [ip] and e.data["from_eni"] == eni_2
+                                      for e in world.seen("ip", "returned") if e.object == eni_1)),
+                    "a returned event for node-1's ENI")
+        assert not await _has(world, two, ip)
+        assert ip in next(e for e in await world.cloud_enis() if e.eni_id == eni_1).secondary_ips
+        assert await _listed_by(world, ip) == [eni_1]
+
+
+async def test_an_ip_a_pod_on_another_node_has_is_held_back_where_it_cannot_go_back(world: World) -> None:
+    """node-1's ENI is full by its record (the stale address still counted): node-2's record leaves the address
+    out (a conflict event) until the pod lets go, then records it."""
+    async with running(world, resync_period_s=600.0) as manager:
+        two, _eni_1, eni_2, ip = await _handed_to_node_2(world, manager, 15)
+        await until(lambda: _true(any(ip in e.data["ips"] for e in world.seen("ip", "conflict")
+                                      if e.node == "node-2")), "a conflict event for node-2")
+        assert await _has(world, two, ip) and eni_2 not in await _listed_by(world, ip)
+
+        def let_go(pool: NodePool | None) -> NodePool:
+            assert pool is not None
+            return pool.model_copy(update={"allocated": {k: v for k, v in pool.allocated.items() if k != ip}})
+
+        await world.pools.mutate(subject_token("node-1"), let_go)
+        await until(lambda: _listed_is(world, ip, [eni_2]), "node-2's record listing it once the pod let go")
+
+
+async def test_an_ip_a_pod_holds_taken_off_its_eni_behind_our_back_is_put_back(world: World) -> None:
+    async with running(world) as manager:
+        one = await world.add_node("node-1", target=5)
+        await until(lambda: settled(world, one, 5, enis=1), "node-1 settled")
+        eni_1, ip = await _lowest_secondary(world, one)
+
+        await _a_pod_of_node_1_holds(world, manager, ip)
+        await world.api.remove_private_ips(eni_1, [ip])
+        await until(lambda: _true(any(ip in e.data["ips"] for e in world.seen("ip", "restored")
+                                      if e.object == eni_1)), "a restored event")
+        assert await _has(world, one, ip)
+        await until(lambda: _listed_is(world, ip, [eni_1]), "the record listing it again")
+        await until(lambda: settled(world, one, 5, enis=1), "node-1 as before")
+
+
+async def _settled_count(world: World, instance_id: str, ips: int) -> bool:
+    enis = await world.cloud_enis(instance_id)
+    return len(enis) == 1 and enis[0].status is EniState.INUSE and secondaries(enis) == ips
 
 
 # ---- node removal ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from schemas.base import InstanceType, NetworkMode
+from schemas.errors import ErrorReason
 from schemas.messages import AllocateRequest, PodRef
 from schemas.records import (
     Eni,
@@ -153,6 +154,16 @@ def test_demand_counts_held_waiting_and_one_spare_and_capacity_says_how_many_are
     assert status is not None and status.capacity.free_enis == 1 and status.ready
     assert status.enis == ["eni-1", "eni-2"]
     assert view.demand(removing=True).target_enis == 0
+
+
+def test_pod_capacity_of_an_exclusive_node_is_its_enis_held_free_and_creatable() -> None:
+    pool = NodePool(node=NODE, exclusive={"eni-1": key(0)})
+    cap = domain.node_capacity(domain.PoolView(pool, facts(xeni(1), xeni(2)), T0))
+    assert (cap.pod_enis, cap.pod_ips) == (3, 3)  # 1 held + 1 free + 1 more within the quota of 3
+    quota_hit = EniProvision(node=NODE, instance_id="i-1", last_error=ErrorReason.ENI_CAPACITY_EXCEED)
+    assert domain.node_capacity(domain.PoolView(pool, facts(xeni(1), xeni(2), provision=quota_hit), T0)).pod_enis == 2
+    mixed = facts(xeni(1), mode=NetworkMode.VPC_ENI, allow_exclusive=True)
+    assert domain.node_capacity(domain.PoolView(pool, mixed, T0)).pod_enis == 3
 
 
 def test_a_vpc_eni_node_wants_no_spare_unless_it_allows_exclusive_pods() -> None:

@@ -27,6 +27,7 @@ from schemas.records import (
     NodeStatus,
     PoolSettings,
     PrivateIp,
+    ReleaseMark,
     ReleaseState,
 )
 from services.ipam import domain
@@ -235,6 +236,22 @@ def test_demand_counts_every_category_and_burstable_fills_enis() -> None:
     assert domain.PoolView(pool, facts(eni(1, 4)), T0).demand(removing=True).target_ips == 0
 
 
+def test_the_target_looks_ahead_by_the_recent_allocations_and_forgets_them_after_the_window() -> None:
+    node, pool = facts(eni(1, 15), eni(2, 15)), NodePool(node=NODE)
+    for i in range(12):
+        claimed = domain.allocate_ip(pool, node, f"k{i}", T0 + secs(i * 0.01))
+        assert claimed is not None
+        pool = claimed[0]
+    view = domain.PoolView(pool, node, T0 + secs(0.2))
+    assert (view.used, view.ahead) == (12, 12)
+    assert pool.demand.target_ips == 12 + 12  # used + what the last seconds took, not used + pre_allocate
+    assert domain.PoolView(pool, node, T0 + secs(60)).target() == 12 + 2  # a quiet minute: pre_allocate again
+    capped = facts(eni(1, 15), eni(2, 15), max_above_watermark=14)
+    assert domain.PoolView(pool, capped, T0 + secs(0.2)).ahead == 7  # never more than a release would take back
+    off = facts(eni(1, 15), eni(2, 15), lookahead_s=0)
+    assert domain.PoolView(pool, off, T0 + secs(0.2)).target() == 12 + 2
+
+
 def test_excess_ips_are_marked_from_the_least_used_eni_then_confirmed_after_the_delay() -> None:
     node = facts(eni(1, 10), eni(2, 10), pre_allocate=0, max_above_watermark=2, min_allocate=0, release_delay_s=5)
     pool = NodePool(node=NODE, allocated={"10.0.1.100": "a", "10.0.1.101": "b", "10.0.2.100": "c"})
@@ -332,6 +349,20 @@ def test_capacity_and_readiness_of_a_node() -> None:
     new = domain.node_status(NodeStatus(), view)
     assert new is not None and new.ready and new.enis == ["eni-node-1-1", "eni-node-1-2"]
     assert domain.node_status(new, view) is None
+
+
+def test_pod_capacity_counts_what_the_node_has_and_can_still_get_up_to_max_pods() -> None:
+    small = NodeSpec(instance_id="i-1", instance_type="BCC", zone="zoneA", cpus=2, memory_mib=8192, max_pods=110)
+    node = domain.NodeFacts(node=NODE, spec=small, enis=(eni(1, 4),))  # 2 ENIs x 7 secondaries
+    pool = NodePool(node=NODE, allocated={"10.0.1.100": "a"}, cooldown={"10.0.1.101": T0 + secs(9)})
+    assert domain.node_capacity(domain.PoolView(pool, node, T0)).pod_ips == 14  # 4 had (cooling too) + 10 more
+    full = EniProvision(node=NODE, instance_id="i-1", last_error=ErrorReason.SUBNET_NO_MORE_IP)
+    stuck = domain.NodeFacts(node=NODE, spec=small, enis=(eni(1, 4),), provision=full)
+    assert domain.node_capacity(domain.PoolView(pool, stuck, T0)).pod_ips == 4  # the subnet gives no more
+    released = NodePool(node=NODE, releasing={"10.0.1.103": ReleaseMark(eni_id="eni-node-1-1")})
+    assert domain.node_capacity(domain.PoolView(released, stuck, T0)).pod_ips == 3  # on its way out
+    assert domain.node_capacity(domain.PoolView(pool, facts(eni(1, 4)), T0)).pod_ips == 110  # capped at max pods
+    assert domain.node_capacity(domain.PoolView(pool, facts(eni(1, 4)), T0)).pod_enis == 0  # no exclusive ENIs
 
 
 # ---- the state machine -----------------------------------------------------------------------------------------

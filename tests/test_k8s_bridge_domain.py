@@ -183,6 +183,25 @@ def test_a_pod_with_two_sandboxes_shows_the_newest_and_other_interfaces_get_thei
     assert ceps[("team-a", "web-1")].status["ip"] == "10.0.1.5" and ceps[("team-a", "web-1")].status["eniId"] == "eni-1"
 
 
+def test_a_fixed_ip_shows_on_its_pods_cep_and_as_reserved_once_the_pod_is_gone() -> None:
+    from schemas.records import AllocationType, FixedIp, ReleaseStrategy
+
+    ep = endpoint("db-0", "u").model_copy(update={"allocation_type": AllocationType.FIXED,
+                                                  "release_strategy": ReleaseStrategy.TTL,
+                                                  "release_ttl_s": 604800.0})
+    r = FixedIp(namespace="team-a", name="db-0", ip=IPv4Address("10.0.1.5"), subnet_id="sbn-1",
+                subnet_cidr=IPv4Network("10.0.1.0/24"), node="node-1", eni_id="eni-1", endpoint="k", ttl_s=604800)
+    held = projection.ceps([ep], [r])[("team-a", "db-0")].status
+    assert (held["state"], held["allocationType"], held["releaseStrategy"], held["releaseTTL"]) == (
+        "ready", "Fixed", "TTL", "168h")
+    gone = projection.ceps([], [r.model_copy(update={"endpoint": "", "idle_since": T0})])[("team-a", "db-0")]
+    assert gone.status["state"] == "reserved" and gone.status["ip"] == "10.0.1.5"
+    assert gone.status["releaseAt"] == "2026-12-11T12:00:00Z" and gone.spec["node"] == "node-1"
+    plain = projection.ceps([endpoint("web-1", "u")])[("team-a", "web-1")].status
+    assert plain["allocationType"] == "Elastic" and "releaseTTL" not in plain
+    assert projection.ttl_text(90) == "90s" and projection.ttl_text(1800) == "30m" and projection.ttl_text(None) is None
+
+
 def test_the_subnet_projection() -> None:
     desired = projection.sbn(Subnet(subnet_id="sbn-1", vpc_id="vpc-1", zone="zoneA",
                                     cidr=IPv4Network("10.0.1.0/24"), available_ips=200))

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from cce_net.kubelocal import missing_parts
-from tests.e2e_stack import Stack, ok, running_stack, until
+from services.node_datapath.domain import host_veth_name
+from services.node_datapath.shaping import ifb_name
+from tests.e2e_stack import Stack, in_ns, ok, running_stack, until
 from tests.privileged import NEEDS_ROOT
 
 pytestmark = [pytest.mark.e2e, NEEDS_ROOT]
@@ -71,3 +73,54 @@ def test_kubectl_shows_the_pods_cce_net_pod_add_made_and_forgets_those_it_delete
     ok(stack.cli("pod", "del", "team-a/web-1"))
     until(lambda: "web-1" not in kubectl(stack, "get", "cep", "-A"), 30, "web-1's cep gone")
     assert "web-1" not in kubectl(stack, "get", "pods", "-n", "team-a")
+
+
+def test_bandwidth_annotations_are_shaped_on_the_node_and_a_malformed_one_is_an_event(stack: Stack) -> None:
+    out = ok(stack.cli("pod", "add", "team-c/shaped-1", "--node", "node-1", "--json",
+                       "-a", "kubernetes.io/ingress-bandwidth=8M", "-a", "kubernetes.io/egress-bandwidth=16M"))
+    assert json.loads(out)["ips"]
+    cep = until(lambda: kubectl_json(stack, "get", "cep", "-n", "team-c", "shaped-1")["status"].get("bandwidth"), 30,
+                "the cep of team-c/shaped-1 showing its limits")
+    assert cep == {"ingressBps": 8_000_000, "egressBps": 16_000_000}
+    node_ns = stack.node_ns("node-1")
+    veth = host_veth_name("team-c", "shaped-1", "eth0")
+    qdiscs = json.loads(in_ns(node_ns, "tc", "-j", "qdisc", "show", "dev", veth).stdout)
+    assert any(q["kind"] == "tbf" and q["options"]["rate"] == 1_000_000 for q in qdiscs)
+    ifb = json.loads(in_ns(node_ns, "tc", "-j", "qdisc", "show", "dev", ifb_name(veth)).stdout)
+    assert any(q["kind"] == "tbf" and q["options"]["rate"] == 2_000_000 for q in ifb)
+    ok(stack.cli("pod", "del", "team-c/shaped-1"))
+    assert ifb_name(veth) not in in_ns(node_ns, "ip", "link", "show").stdout
+
+    failed = stack.cli("pod", "add", "team-c/shaped-2", "--node", "node-1", "-a", "kubernetes.io/egress-bandwidth=fast")
+    assert failed.returncode != 0 and "InvalidRequest" in failed.stdout + failed.stderr
+    assert "kubernetes.io/egress-bandwidth='fast'" in failed.stdout + failed.stderr
+
+    def event() -> Any:
+        items = kubectl_json(stack, "get", "events", "-n", "team-c",
+                             "--field-selector", "involvedObject.name=shaped-2")["items"]
+        return next((e for e in items if e["reason"] == "InvalidRequest"), None)
+
+    assert "egress-bandwidth" in until(event, 30, "an InvalidRequest event on team-c/shaped-2")["message"]
+
+
+def test_a_statefulset_pods_fixed_ip_follows_it_to_another_node_and_answers_there(stack: Stack) -> None:
+    fixed = ["--statefulset", "db", "-a", "cce.io/fixed-ip=true", "-a", "cce.io/fixed-ip-ttl=1h"]
+    first = json.loads(ok(stack.cli("pod", "add", "team-d/db-0", "--node", "node-1", "--json", *fixed)))
+    ip = first["ips"][0]["address"].split("/")[0]
+    ok(stack.cli("pod", "add", "team-d/client", "--node", "node-1"))
+    cep = until(lambda: kubectl_json(stack, "get", "cep", "-n", "team-d", "db-0")["status"], 30, "db-0's cep")
+    assert (cep["allocationType"], cep["releaseTTL"], cep["ip"]) == ("Fixed", "1h", ip)
+
+    ok(stack.cli("pod", "del", "team-d/db-0"))
+    held = {f"{r['namespace']}/{r['name']}": r for r in stack.status()["fixed_ips"]}
+    assert held["team-d/db-0"]["ip"] == ip and not held["team-d/db-0"]["endpoint"]  # reserved for its return
+    until(lambda: kubectl_json(stack, "get", "cep", "-n", "team-d", "db-0")["status"].get("state") == "reserved",
+          30, "db-0's cep reserved")
+
+    again = json.loads(ok(stack.cli("pod", "add", "team-d/db-0", "--node", "node-2", "--json", *fixed)))
+    assert again["ips"][0]["address"].split("/")[0] == ip
+    until(lambda: stack.cli("pod", "exec", "team-d/client", "--", "ping", "-c", "1", "-W", "1", ip).returncode == 0,
+          30, f"the client on node-1 reaching db-0 at {ip} on node-2, through the VPC")
+    assert "team-d/db-0" in ok(stack.cli("status")) and "Fixed IPs" in ok(stack.cli("status"))
+    ok(stack.cli("pod", "del", "team-d/db-0"))
+    ok(stack.cli("pod", "del", "team-d/client"))

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
+from nats.js.kv import KeyValue
 
 from chassis.bus import Bus
 from chassis.kv import Store
 from chassis.leader import LeaderElector
 from schemas.records import Lease
 from schemas.subjects import ENI_MANAGER, LEASES
+from tests.kv_gates import FirstReadWaits
 
 pytestmark = pytest.mark.integration
 TTL = 1.5
@@ -39,6 +42,22 @@ async def test_one_leader_among_many_and_it_stays(bus: Bus) -> None:
     finally:
         for t in tasks:
             t.cancel()
+
+
+async def test_a_candidate_that_found_no_lease_never_overwrites_one_taken_meanwhile(bus: Bus) -> None:
+    """Replicas started at once all find no lease; one takes it while another is between its read and its write:
+    that one stays a standby. (A second read of the key's revision after finding it empty let the late candidate
+    overwrite the winner's fresh lease: two eni_manager leaders created two ENIs for one need.)"""
+    late_kv = FirstReadWaits(await bus.bucket(LEASES))
+    late = LeaderElector(Store(cast(KeyValue, late_kv), Lease, LEASES.name), "svc", "late", TTL)
+    early = LeaderElector(await lease_store(bus), "svc", "early", TTL)
+    step = asyncio.create_task(late.step())
+    await late_kv.read.wait()
+    assert await early.step()
+    late_kv.go.set()
+    assert not await step
+    assert (early.is_leader, late.is_leader) == (True, False)
+    assert await early.step()  # and the winner's next renewal finds its own lease
 
 
 async def _any_leader(electors: list[LeaderElector]) -> None:

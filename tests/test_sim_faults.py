@@ -231,3 +231,16 @@ def test_asking_about_an_unknown_api_is_an_error() -> None:
     inj = FaultInjector(FaultConfig(), clock=FakeClock())
     with pytest.raises(ValueError, match="unknown api"):
         inj.check("create_enis")
+
+
+def test_fail_next_with_a_body_answers_that_body_with_any_status_from_200() -> None:
+    inj = FaultInjector(FaultConfig(), clock=FakeClock())
+    inj.add_fail_next(FailNext(api="get_eni", count=1, code="Broken", status=200, body='{"eniId": '))
+    fault = inj.check("get_eni")
+    assert fault is not None and (fault.status, fault.body) == (200, '{"eniId": ')
+    assert inj.check("get_eni") is None
+
+
+def test_fail_next_without_a_body_needs_an_error_status() -> None:
+    with pytest.raises(ValidationError, match="not an error"):
+        FailNext(api="get_eni", count=1, code="X", status=200)

@@ -168,7 +168,7 @@ def test_sim_commands_add_nodes_and_subnets_and_inject_faults(stack: Path) -> No
                        "--status", "429", state_dir=stack)
     assert injected.returncode == 0, injected.stderr
     faults = json.loads(cce_net("sim", "fault", "show", state_dir=stack).stdout)
-    assert faults["fail_next"] == [{"api": "get_subnet", "count": 1, "code": "RateLimit", "status": 429}]
+    assert faults["fail_next"] == [{"api": "get_subnet", "count": 1, "code": "RateLimit", "status": 429, "body": None}]
     assert cce_net("sim", "fault", "clear", state_dir=stack).returncode == 0
     assert json.loads(cce_net("sim", "fault", "show", state_dir=stack).stdout)["fail_next"] == []
     bad = cce_net("sim", "fault", "fail-next", "no_such_api", state_dir=stack)
@@ -211,7 +211,8 @@ def test_a_nats_server_of_ones_own_set_up_as_the_readme_says(tmp_path: Path) -> 
         assert up.returncode == 0, up.stdout + up.stderr
         try:
             state = read_state(state_dir) or {}
-            assert state["bus"] == {"url": url, "creds_dir": str(bus_dir), "ca": str(bus_dir / "ca.pem")}
+            assert state["bus"] == {"url": url, "creds_dir": str(bus_dir), "ca": str(bus_dir / "ca.pem"),
+                                    "replicas": 1}
 
             def pools_filled() -> bool:
                 status = json.loads(cce_net("status", "--json", state_dir=state_dir).stdout or "{}")

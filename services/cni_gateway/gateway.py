@@ -4,12 +4,17 @@ teardown -> ipam release (best effort, journaled when the control plane is unrea
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+from prometheus_client import Counter, Histogram
+
+from chassis import tracing
 from chassis.bus import Bus
 from chassis.events import EventPublisher
 from chassis.kv import KvCache, Store
@@ -41,7 +46,9 @@ from schemas.subjects import (
     pod_key,
 )
 from services.cni_gateway import domain
+from services.cni_gateway.bandwidth import BandwidthError, bandwidth_of
 from services.cni_gateway.domain import Attachment, CniCode, CniFailure, CniRequest
+from services.cni_gateway.fixed_ip import FixedIpError, fixed_ip_of
 from services.cni_gateway.journal import PendingRelease, ReleaseJournal
 from services.cni_gateway.netns import NetnsState, netns_state
 from services.cni_gateway.plugin import CURRENT_VERSION
@@ -51,6 +58,29 @@ from services.cni_gateway.settings import GatewaySettings
 log = get_logger("cni_gateway")
 
 UNREACHABLE = frozenset({ErrorReason.TIMEOUT, ErrorReason.SERVICE_UNAVAILABLE})
+COMMANDS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+REQUEST_SECONDS = Histogram(
+    "cce_cni_request_seconds", "CNI commands served by the gateway, from the plugin's request to the reply, by "
+    "command, the pod's network mode (unknown before the node's is known) and outcome (success or failure)",
+    ["command", "mode", "outcome"], buckets=_LATENCY_BUCKETS)
+FAILURES = Counter("cce_cni_failures_total", "failed CNI commands by command and coded reason (IPPoolExhausted, "
+                   "SubnetNoMoreIP, Timeout...)", ["command", "reason"])
+_REASON_WORD = re.compile(r"^[A-Za-z]{1,40}$")
+# the mode of the command being served, once its endpoint is known (each CNI request is served in its own task)
+_request_mode: contextvars.ContextVar[str] = contextvars.ContextVar("cce_cni_mode", default="")
+
+
+def failure_reason(reply: dict[str, Any]) -> str:
+    """The coded reason of a failed command's reply: the first word of its CNI error's details (bounded)."""
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    words = str(error.get("details") or "").split()
+    word = words[0] if words else ""
+    if word in ErrorReason._value2member_map_ or _REASON_WORD.match(word):
+        return word
+    return "Other"
 
 
 class Gateway:
@@ -70,6 +100,7 @@ class Gateway:
         self.events = events  # ADD failures are told on the bus (k8s_bridge makes them Events on the pod)
         self.pods = pods  # the pods' facts k8s_bridge keeps: the annotations a pod's ADD honours
         self.busy: dict[Attachment, asyncio.Lock] = {}
+        self.node_mode = "unknown"  # the node's network mode (learn_mode)
         self._users: dict[Attachment, int] = {}
 
     # ---- one request ---------------------------------------------------------------------------------------------
@@ -97,13 +128,34 @@ class Gateway:
             log.exception("cni request failed unexpectedly", command=command, container_id=container_id)
             code = domain.REASON_CODES[ErrorReason.INTERNAL]
             reply = error_reply(CniFailure(code, f"Internal: {err!r}", "Internal"), version)
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        elapsed = time.perf_counter() - started
+        self._observe(command, code, reply, elapsed)
+        elapsed_ms = round(elapsed * 1000, 2)
         fields = {"command": command, "container_id": container_id, "ifname": ifname, "duration_ms": elapsed_ms}
         if code:
             log.warning("cni request failed", **fields, code=code, error=reply["error"]["msg"])
         else:
             log.info("cni request", **fields)
         return reply
+
+    def _observe(self, command: str, code: int, reply: dict[str, Any], seconds: float) -> None:
+        """The command's latency by mode and outcome; a failure also by its coded reason (bounded labels only)."""
+        command = command if command in COMMANDS else "other"
+        mode = _request_mode.get() or self.node_mode
+        _request_mode.set("")
+        REQUEST_SECONDS.labels(command, mode, "failure" if code else "success").observe(seconds)
+        if code:
+            FAILURES.labels(command, failure_reason(reply)).inc()
+
+    async def learn_mode(self) -> None:
+        """The node's network mode from its record (the mode label of commands that never reach an endpoint)."""
+        try:
+            item = await self.nodes.get(subject_token(self.node))
+        except Exception as err:
+            log.debug("node record unreadable; mode unknown for now", error=repr(err))
+            return
+        if item is not None:
+            self.node_mode = item.value.spec.mode.value
 
     async def dispatch(self, req: CniRequest) -> dict[str, Any]:
         if req.command == "STATUS":
@@ -112,6 +164,22 @@ class Gateway:
         if req.command == "GC":
             await self.gc(req)
             return {}
+        with tracing.root_span(f"cni.{req.command}", self._trace_attributes(req)) as span:
+            try:
+                return await self._dispatch_one(req)
+            except CniFailure as failure:
+                tracing.fail(span, failure.reason.value if failure.reason else failure_reason(
+                    {"error": {"details": failure.details}}))
+                raise
+
+    def _trace_attributes(self, req: CniRequest) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"cni.command": req.command, "cni.container_id": req.container_id,
+                                 "cni.ifname": req.ifname, tracing.NODE: self.node, tracing.INDEX: True}
+        if req.pod is not None:
+            attrs["k8s.namespace.name"], attrs["k8s.pod.name"] = req.pod.namespace, req.pod.name
+        return attrs
+
+    async def _dispatch_one(self, req: CniRequest) -> dict[str, Any]:
         async with self._serialized(req.attachment):
             if req.command == "ADD":
                 try:
@@ -157,16 +225,24 @@ class Gateway:
         if self.journal.remove(req.container_id, req.ifname):
             log.info("pending release superseded by a new ADD", container_id=req.container_id, ifname=req.ifname)
         info = await self._pod_info(req)
+        try:
+            bandwidth = bandwidth_of(req.config, info.annotations if info else {})
+            fixed = fixed_ip_of(info)
+        except (BandwidthError, FixedIpError) as err:
+            raise CniFailure(domain.code_of(ErrorReason.INVALID_REQUEST), f"InvalidRequest: {err}", "InvalidRequest",
+                             ErrorReason.INVALID_REQUEST) from None
         wait_s = self.settings.allocate_wait_s
         try:
             allocated: AllocateReply = await call(
                 self.bus, IPAM_ALLOCATE,
                 AllocateRequest(node=self.node, container_id=req.container_id, ifname=req.ifname, pod=req.pod,
-                                wait_s=wait_s, exclusive=domain.wants_exclusive_eni(req.args, info), netns=req.netns),
+                                wait_s=wait_s, exclusive=domain.wants_exclusive_eni(req.args, info), netns=req.netns,
+                                bandwidth=bandwidth, fixed_ip=fixed),
                 timeout=wait_s + self.settings.call_timeout_s)
         except CceError as err:
             raise domain.failure_of(err, "allocate") from None
         endpoint = allocated.endpoint
+        _request_mode.set(endpoint.mode.value)
         doing = "datapath setup"
         try:
             setup: SetupReply = await call(
@@ -227,6 +303,8 @@ class Gateway:
         """Best effort: succeeds without a netns, without prevResult, for unknown pods and without a control plane
         (the release is then journaled and retried until ipam takes it)."""
         endpoint = self.endpoints.get(self._key(req))
+        if endpoint is not None:
+            _request_mode.set(endpoint.mode.value)
         await self._teardown(req, endpoint, strict=True)
         await self._release(req.container_id, req.ifname, why="DEL")
 
@@ -292,6 +370,8 @@ class Gateway:
         self._require_netns(req.netns)
         assert req.prev_result is not None
         endpoint = await self._fresh_endpoint(self._key(req))
+        if endpoint is not None:
+            _request_mode.set(endpoint.mode.value)
         if endpoint is None:
             raise CniFailure(domain.code_of(ErrorReason.ENDPOINT_NOT_FOUND),
                              f"EndpointNotFound: no endpoint for container {req.container_id} {req.ifname}"
@@ -338,6 +418,7 @@ class Gateway:
             why = "has not registered" if item is None else "is being removed"
             raise CniFailure(CniCode.NOT_AVAILABLE, f"NodeNotRegistered: node {self.node} {why}",
                              "NodeNotRegistered")
+        self.node_mode = item.value.spec.mode.value
 
     async def gc(self, req: CniRequest) -> None:
         created_before = self.clock() - timedelta(seconds=self.settings.gc_grace_s)

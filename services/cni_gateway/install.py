@@ -8,8 +8,9 @@ The plugin goes to `<bin_dir>/cce` (mode 0755), one of two that speak the same p
 `auto` (the default) installs the native one when it has been built (or named) and the Python one otherwise.
 The conflist goes to `<conf_dir>/10-cce.conflist`:
 
-    {"cniVersion": "1.0.0", "name": "cce",
-     "plugins": [{"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1"},
+    {"cniVersion": "1.1.0", "name": "cce",       # 1.0.0 when other plugins are listed (see build_conflist)
+     "plugins": [{"type": "cce", "socket": "/run/cce-net/cni.sock", "node": "node-1",
+                  "capabilities": {"bandwidth": true}},  # `"bandwidth": "chained"` instead with a bandwidth plugin
                  ...plugins already listed after ours (user-added), kept in order...,
                  {"type": "portmap", "capabilities": {"portMappings": true}},
                  {"type": "bandwidth", "capabilities": {"bandwidth": true}}]}
@@ -28,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.cni_gateway.bandwidth import CHAINED
 from services.cni_gateway.settings import DEFAULT_SOCKET
 
 PLUGIN_NAME = "cce"
 CONFLIST_NAME = "10-cce.conflist"
 NETWORK_NAME = "cce"
-CONF_VERSION = "1.0.0"
+CONF_VERSION = "1.1.0"  # STATUS and GC: the runtime may ask whether the network is ready and collect leftovers
+CHAINED_CONF_VERSION = "1.0.0"  # with other plugins listed: the newest the reference plugins packaged here take
+CONF_VERSIONS = ("1.0.0", "1.1.0")  # a conflist's cniVersion may be set to one of these
 PLUGIN_SOURCE = Path(__file__).with_name("plugin.py")
 NATIVE_BUILD = Path(__file__).resolve().parents[2] / "build" / "cni" / "cce"  # `make cni-plugin` in this checkout
 PLUGIN_KINDS = ("auto", "native", "python")
@@ -124,9 +128,10 @@ def chain_entry(name: str) -> dict[str, Any]:
 
 
 def build_conflist(existing: dict[str, Any] | None, node: str, socket: Path | str,
-                   chain: Sequence[str]) -> dict[str, Any]:
+                   chain: Sequence[str], version: str = "") -> dict[str, Any]:
     """Our plugin first (with its socket and node), then the plugins already listed after it, then the chained
-    plugins asked for that are not there yet."""
+    plugins asked for that are not there yet. `version` is the list's cniVersion; empty: 1.1.0 when ours is alone,
+    1.0.0 when chained (containerd 1.6 and 1.7 take nothing newer than 1.0.0: a node on them sets 1.0.0)."""
     conflist = dict(existing or {})
     plugins = [p for p in conflist.get("plugins", []) if isinstance(p, dict)]
     ours_before = next((p for p in plugins if p.get("type") == PLUGIN_NAME), {})
@@ -134,7 +139,21 @@ def build_conflist(existing: dict[str, Any] | None, node: str, socket: Path | st
     ours = {**ours_before, "type": PLUGIN_NAME, "socket": str(socket), "node": node}
     present = {p.get("type") for p in others}
     added = [chain_entry(name) for name in dict.fromkeys(chain) if name not in present]
-    conflist.update(cniVersion=CONF_VERSION, name=conflist.get("name") or NETWORK_NAME,
+    # we shape the pod's bandwidth ourselves (the runtime passes the limits to the plugin declaring the capability)
+    # unless a chained `bandwidth` plugin is there to do it: then ours leaves it to that one
+    capabilities = {k: v for k, v in (ours.get("capabilities") or {}).items() if k != "bandwidth"}
+    ours.pop("bandwidth", None)
+    if any(p.get("type") == "bandwidth" for p in (*others, *added)):
+        ours["bandwidth"] = CHAINED
+    else:
+        capabilities["bandwidth"] = True
+    ours.pop("capabilities", None)
+    if capabilities:
+        ours["capabilities"] = capabilities
+    # a runtime hands the list's version to every plugin in it: 1.1.0 only where ours is alone (chained plugins of
+    # CNI plugins < 1.5, such as Debian 12's, refuse it and the whole ADD would fail)
+    version = version or (CONF_VERSION if not (others or added) else CHAINED_CONF_VERSION)
+    conflist.update(cniVersion=version, name=conflist.get("name") or NETWORK_NAME,
                     plugins=[ours, *others, *added])
     return {"cniVersion": conflist.pop("cniVersion"), "name": conflist.pop("name"), **conflist}
 
@@ -153,17 +172,21 @@ def read_conflist(path: Path) -> dict[str, Any] | None:
 
 def install_cni(bin_dir: Path, conf_dir: Path, node: str, socket: Path | str = DEFAULT_SOCKET,
                 chain: Sequence[str] = (), interpreter: str | None = None, plugin_kind: str = "auto",
-                plugin_binary: Path | None = None) -> Installed:
+                plugin_binary: Path | None = None, version: str = "") -> Installed:
     """Install (or update) `<bin_dir>/cce` and `<conf_dir>/10-cce.conflist`; idempotent. `plugin_kind` and
-    `plugin_binary` choose the plugin (see plugin_content)."""
+    `plugin_binary` choose the plugin (see plugin_content), `version` the conflist's cniVersion (see
+    build_conflist)."""
     if not node:
         raise InstallError("the node name is required")
+    if version and version not in CONF_VERSIONS:
+        raise InstallError(f"cniVersion {version!r} is not one the plugin speaks in a conflist "
+                           f"({', '.join(CONF_VERSIONS)})")
     for name in chain:
         chain_entry(name)
     kind, content = plugin_content(plugin_kind, plugin_binary, interpreter)
     plugin = Path(bin_dir) / PLUGIN_NAME
     plugin_changed = write_atomically(plugin, content, 0o755)
     conflist_path = Path(conf_dir) / CONFLIST_NAME
-    conflist = build_conflist(read_conflist(conflist_path), node, socket, chain)
+    conflist = build_conflist(read_conflist(conflist_path), node, socket, chain, version)
     conflist_changed = write_atomically(conflist_path, json.dumps(conflist, indent=2) + "\n", 0o644)
     return Installed(plugin, conflist_path, plugin_changed, conflist_changed, kind)

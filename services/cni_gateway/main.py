@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from chassis.logs import get_logger
 from chassis.service import ServiceProcess, run
+from schemas.base import subject_token
 from schemas.subjects import CNI_GATEWAY, ENDPOINTS, NODES, PODS
 from services.cni_gateway.gateway import Gateway
 from services.cni_gateway.install import install_cni
@@ -29,12 +30,14 @@ async def build(proc: ServiceProcess) -> CniGateway:
     if settings.cni_bin_dir and settings.cni_conf_dir:
         installed = install_cni(settings.cni_bin_dir, settings.cni_conf_dir, settings.node, settings.cni_socket,
                                 settings.chain, plugin_kind=settings.cni_plugin,
-                                plugin_binary=settings.cni_plugin_binary)
+                                plugin_binary=settings.cni_plugin_binary, version=settings.cni_version)
         log.info("cni plugin installed", plugin=str(installed.plugin), kind=installed.kind,
                  conflist=str(installed.conflist), changed=installed.changed)
     journal = ReleaseJournal(settings.state_dir)
-    gateway = Gateway(proc.bus, settings, await proc.cache(ENDPOINTS), await proc.store(NODES), journal,
+    own = await proc.cache(ENDPOINTS, keys=f"{subject_token(settings.node)}.>")  # this node's endpoints only
+    gateway = Gateway(proc.bus, settings, own, await proc.store(NODES), journal,
                       events=proc.events, pods=await proc.store(PODS))
+    await gateway.learn_mode()
     server = SocketServer(settings.cni_socket, gateway.handle, settings.max_request_bytes, settings.read_timeout_s)
     await server.start()
     proc.health.add_check("journal", lambda: (True, f"{len(journal.pending())} pending releases"))

@@ -139,7 +139,9 @@ def exchange(path: str, request: Json, timeout_s: float) -> Json:
         sock.close()
     data = b"".join(chunks)
     if not data:
-        raise PluginError(IO_FAILURE, "the cni gateway closed the connection without a reply")
+        # the gateway went away mid-request (killed, restarting): retryable, and coded as such
+        raise PluginError(IO_FAILURE, "ServiceUnavailable: the cni gateway closed the connection without a reply",
+                          "ServiceUnavailable")
     try:
         reply = loads(data)
     except ValueError as err:

@@ -20,6 +20,9 @@ class GatewaySettings(ChassisSettings):
         "auto", description="the plugin to install: native (Go, `make cni-plugin`), python, or auto (native if built)")
     cni_plugin_binary: Path | None = Field(None, description="the native plugin to install (default: build/cni/cce)")
     cni_chain: str = Field("", description="plugins chained after ours in the conflist, e.g. 'portmap,bandwidth'")
+    cni_version: Literal["", "1.0.0", "1.1.0"] = Field(
+        "", description="the conflist's cniVersion: empty for 1.1.0 when ours is alone (GC, STATUS) and 1.0.0 when "
+        "chained; 1.0.0 for runtimes that take nothing newer (containerd 1.6, 1.7)")
     cni_state_dir: Path | None = Field(None, description="journal of pending releases; /var/lib/cce-net/<node>")
     allocate_wait_s: float = Field(10.0, ge=0, le=120, description="how long an ADD waits for the pool to refill")
     setup_timeout_s: float = Field(20.0, gt=0, description="deadline of datapath setup")

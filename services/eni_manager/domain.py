@@ -165,6 +165,7 @@ def adoption_owner(cluster_id: str, name: str, known: bool, nodes: Collection[st
 class AddIps:
     eni_id: str
     count: int
+    ips: tuple[str, ...] = ()  # these named IPs (a PodSubnetTopologySpread's range), else `count` the cloud picks
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,8 @@ class _Growth:
     """Bookkeeping while planning adds: what is still needed and what each subnet has left."""
 
     needed: int
+    batch: int = 0  # ipam's refill batch: what the adds are rounded up to
+    headroom: int = 0  # what a refill may round up to: the IPs the node may still take (its cap less what it has)
     subnet_left: dict[str, int] = field(default_factory=dict)
     blocked_by_subnet: bool = False
 
@@ -283,6 +286,11 @@ def release_actions(enis: Sequence[Eni], pool: NodePool | None) -> list[RemoveIp
     return actions
 
 
+def max_pool_ips(spec: NodeSpec) -> int:
+    """The cap on a node's pod IPs: its pool's max_allocate, else its max pods."""
+    return spec.pool.max_allocate if spec.pool.max_allocate is not None else spec.max_pods
+
+
 def _ip_order(ip: str) -> tuple[int, ...]:
     return tuple(int(part) for part in ip.split("."))
 
@@ -292,9 +300,19 @@ def _room(eni: Eni, quota: Quota, gone: set[str]) -> int:
     return max((eni.ip_quota or quota.ips_per_eni) - held, 0)
 
 
+def batched(needed: int, batch: int, headroom: int) -> int:
+    """What to add for `needed` IPs: whole batches when ipam asks for them (a call costs the same for 1 IP or
+    BATCH), never above `headroom` (what the node may still take in all)."""
+    if needed <= 0 or batch <= 0:
+        return max(needed, 0)
+    batch = min(batch, BATCH)
+    return max(needed, min(-(-needed // batch) * batch, headroom))
+
+
 def _add_actions(enis: Sequence[Eni], quota: Quota, pool: NodePool | None, subnets: Mapping[str, Subnet],
                  growth: _Growth, burstable: bool) -> list[AddIps]:
-    """Fill in-use ENIs with room, the fullest first (ties: lowest index), in batches of at most BATCH."""
+    """Fill in-use ENIs with room, the fullest first (ties: lowest index), in batches of at most BATCH (what is
+    still needed rounded up to ipam's refill batch: the next pods' IPs come at no extra call)."""
     gone = confirmed_releases(pool)
     actions: list[AddIps] = []
     inuse = [e for e in enis if e.state is EniState.INUSE]
@@ -303,7 +321,7 @@ def _add_actions(enis: Sequence[Eni], quota: Quota, pool: NodePool | None, subne
         if growth.needed <= 0 or room <= 0:
             continue
         left = growth.subnet_left.setdefault(eni.subnet_id, _subnet_free(subnets, eni.subnet_id))
-        count = min(room if burstable else min(room, growth.needed), left)
+        count = min(room if burstable else min(room, batched(growth.needed, growth.batch, growth.headroom)), left)
         if count <= 0:
             growth.blocked_by_subnet = True
             continue
@@ -338,13 +356,16 @@ def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, q
               other_enis: int = 0) -> NodePlan:
     """What to do for a live node: releases, adds to ENIs with room, finishing or collecting pending ENIs, and at
     most one new ENI. `enis` are the node's records; `other_enis` counts attached ENIs that are not ours."""
-    mine = [e for e in enis if e.use is EniUse.SECONDARY_IPS]
+    mine = [e for e in enis if e.use is EniUse.SECONDARY_IPS and not is_dedicated(nrs.spec, e.subnet_id)]
     stuck = [e for e in mine if is_stuck(e, now, settings.stuck_after_s)]
     stuck_ids = {e.eni_id for e in stuck}
     live = [e for e in mine if e.eni_id not in stuck_ids]
     pending = [e for e in live if e.state in PENDING_STATES]
     target = pool.demand.target_ips if pool is not None else 0
-    growth = _Growth(needed=target - current_ips(live, pool))
+    current = current_ips(live, pool)
+    # a refill is rounded up to ipam's batch, except on a node giving IPs back: it gets only what it needs
+    batch = pool.demand.refill_batch if pool is not None and not pool.releasing else 0
+    growth = _Growth(needed=target - current, batch=batch, headroom=max_pool_ips(nrs.spec) - current)
     actions: list[Action] = [*release_actions(mine, pool)]
     actions += _add_actions(live, quota, pool, subnets, growth, nrs.spec.pool.burstable)
     actions += [DeleteEni(e.eni_id, "stuck") for e in stuck]
@@ -356,7 +377,8 @@ def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, q
         return NodePlan(nrs.name, tuple(actions), waiting="an ENI is being attached")
     left = {k: s.model_copy(update={"available_ips": max(growth.subnet_left[k], 0)}) if k in growth.subnet_left
             else s for k, s in subnets.items()}  # what the adds planned above leave
-    others = [e for e in enis if e.use is not EniUse.SECONDARY_IPS and e.state is not EniState.DELETED]
+    ours = {e.eni_id for e in mine}  # a spread's dedicated ENIs count against the quota like other uses
+    others = [e for e in enis if e.eni_id not in ours and e.state is not EniState.DELETED]
     created = _creation(nrs, live, quota, left, settings, other_enis + len(others), (e.index for e in others))
     if isinstance(created, CreateEni):
         return NodePlan(nrs.name, (*actions, created))
@@ -365,6 +387,12 @@ def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, q
     if growth.needed <= 0:  # only pre-allocation wanted it: not worth an error
         return NodePlan(nrs.name, tuple(actions))
     return NodePlan(nrs.name, tuple(actions), error=created)
+
+
+def is_dedicated(spec: NodeSpec, subnet_id: str) -> bool:
+    """An ENI in this subnet exists for PodSubnetTopologySpreads only (`spread.py`): the node names its own
+    subnets and this is not one of them."""
+    return bool(spec.subnet_ids) and subnet_id not in spec.subnet_ids
 
 
 def plan_removal(node: str, enis: Sequence[Eni], marked_at: datetime, settings: PlanSettings, now: datetime, *,

@@ -7,16 +7,18 @@ did before failing (a partial add) is recorded first. Every step is safe to repe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from chassis.events import EventPublisher
 from chassis.logs import get_logger
 from cloud.port import CloudEni, VpcApi
 from schemas.base import utcnow
 from schemas.errors import CceError, ErrorReason
-from schemas.events import EventKind
+from schemas.events import EventKind, Severity
 from schemas.records import Eni, EniState
+from services.eni_manager.assign import target_eni
 from services.eni_manager.domain import (
     Action,
     AddIps,
@@ -40,6 +42,13 @@ from services.eni_manager.subnets import SubnetMirror
 log = get_logger("eni_manager.executor")
 
 Sleep = Callable[[float], Awaitable[None]]
+PodNodes = Callable[[str], Collection[str]]  # ip -> the nodes whose pool holds it for a pod
+# a named IP the cloud will not put back on its ENI: it went to something else, or there is no room for it
+LOST = frozenset({ErrorReason.IP_IN_USE, ErrorReason.ENI_CAPACITY_EXCEED, ErrorReason.SUBNET_NO_MORE_IP})
+
+
+def no_pods(_ip: str) -> Collection[str]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,9 @@ class NodeContext:
     quota: Quota
 
 
+FIRST_POLL_S = 0.025  # the first pause while an ENI attaches or detaches; it doubles up to Timing.poll_s
+
+
 @dataclass(frozen=True)
 class Timing:
     poll_s: float = 0.2
@@ -60,13 +72,16 @@ class Timing:
 
 class Executor:
     def __init__(self, api: VpcApi, ledger: Ledger, subnets: SubnetMirror, events: EventPublisher,
-                 timing: Timing, sleep: Sleep = asyncio.sleep) -> None:
+                 timing: Timing, sleep: Sleep = asyncio.sleep, pod_nodes: PodNodes = no_pods) -> None:
         self.api = api
+        self.pod_nodes = pod_nodes
         self.ledger = ledger
         self.subnets = subnets
         self.events = events
         self.timing = timing
         self._sleep = sleep
+        self.unavailable: set[str] = set()  # named IPs the cloud said are in use by something not ours
+        self.held_back: dict[str, str] = {}  # IP -> node of the ENI the cloud put it on, kept off its record
 
     async def run(self, ctx: NodeContext, action: Action) -> None:
         match action:
@@ -107,7 +122,7 @@ class Executor:
                                     ip_quota=ctx.quota.ips_per_eni, now=utcnow(), previous=previous)
         if not differs(previous, record):
             return
-        await self.ledger.enis.put(eni_id, record)
+        await self.put(ctx, record)
         if previous is None:
             await self.events.publish(EventKind.ENI, "primary-nic", node=ctx.node, object=eni_id, mac=record.mac,
                                       ips=len(record.secondary_ips), message=f"the primary NIC of {ctx.instance_id}"
@@ -164,6 +179,9 @@ class Executor:
     # --- secondary IPs ----------------------------------------------------------------------------------------
 
     async def add_ips(self, ctx: NodeContext, action: AddIps) -> None:
+        if action.ips:
+            await self.add_named_ips(ctx, action)
+            return
         try:
             added = await self.api.add_private_ips(action.eni_id, count=action.count)
         except CceError as err:
@@ -175,11 +193,29 @@ class Executor:
             raise
         await self._record_added(ctx, action.eni_id, added)
 
+    async def add_named_ips(self, ctx: NodeContext, action: AddIps) -> None:
+        """A spread's range: these IPs by name. One the cloud says is in use (by something not ours) is skipped
+        from then on; the batch is tried one IP at a time to find it."""
+        try:
+            added = await self.api.add_private_ips(action.eni_id, ips=list(action.ips))
+        except CceError as err:
+            await self._record_added(ctx, action.eni_id, [str(ip) for ip in err.details.get("added_ips") or []])
+            if err.reason is not ErrorReason.IP_IN_USE:
+                raise
+            if len(action.ips) == 1:
+                self.unavailable.update(action.ips)
+                log.info("named IP in use elsewhere; skipped", ip=action.ips[0], eni_id=action.eni_id)
+                return
+            for ip in action.ips:
+                await self.add_named_ips(ctx, AddIps(action.eni_id, 1, (ip,)))
+            return
+        await self._record_added(ctx, action.eni_id, added)
+
     async def _record_added(self, ctx: NodeContext, eni_id: str, added: list[str]) -> None:
         record = self.ledger.enis.get(eni_id)
         if not added or record is None:
             return
-        await self.ledger.enis.put(eni_id, with_ips(record, add=added, now=utcnow()))
+        await self.put(ctx, with_ips(record, add=added, now=utcnow()))
         await self.subnets.took(record.subnet_id, len(added))
         await self.events.publish(EventKind.IP, "added", node=ctx.node, object=eni_id, count=len(added),
                                   ips=added, message=f"{len(added)} IPs added to {eni_id}")
@@ -230,7 +266,7 @@ class Executor:
                      subnet_cidr=subnet.cidr, zone=subnet.zone, security_group_ids=list(action.security_group_ids),
                      state=EniState.AVAILABLE, ip_quota=ctx.quota.ips_per_eni, index=action.index,
                      state_since=now, synced_at=now, use=action.use)
-        await self.ledger.enis.put(eni_id, record)
+        await self.put(ctx, record)
         await self.subnets.took(subnet.subnet_id, 1)
         await self.events.publish(EventKind.ENI, "created", node=ctx.node, object=eni_id, name=action.name,
                                   subnet_id=action.subnet_id, index=action.index, use=action.use.value)
@@ -283,6 +319,74 @@ class Executor:
                            f"{self.timing.timeout_s}s", eni_id=cloud.eni_id)
         return cloud
 
+    # --- one IP, one ENI ----------------------------------------------------------------------------------------
+
+    async def put(self, ctx: NodeContext, record: Eni) -> None:
+        """Write an ENI's record as the cloud has it. The cloud has an IP on one ENI at a time: an IP it now lists
+        here that another record still lists (taken off that ENI behind our back and handed out again) leaves that
+        record first, so no two records, and no two nodes' pools, offer one address. An IP new here that a pod on
+        another node still has (its pool holds it) goes back to an ENI of that node in the cloud (`_give_back`);
+        where it cannot, it is kept off this record (a warning event says so, `held_back` lists it) until that pod
+        lets go: then the reconciler resyncs this ENI's node, which records it."""
+        moved: dict[str, list[IPv4Address]] = {}
+        held: list[IPv4Address] = []
+        off: list[IPv4Address] = []  # given back to the node whose pod has it
+        before = self.ledger.enis.get(record.eni_id)
+        known = set(before.secondary_ips) if before is not None else set()
+        for ip in record.secondary_ips:
+            # new here, and a pod's on another node (a fixed IP coming here is already held by this node's pool)
+            pods = self.pod_nodes(str(ip)) if ip not in known and str(ip) not in self.ledger.moving else ()
+            if pods and record.node not in pods:
+                (off if await self._give_back(record, str(ip), min(pods)) else held).append(ip)
+                continue
+            other = self.ledger.enis.holder(ip)
+            if other is not None and other.eni_id != record.eni_id:
+                moved.setdefault(other.eni_id, []).append(ip)
+        for eni_id, ips in moved.items():
+            other = self.ledger.enis.get(eni_id)
+            assert other is not None
+            await self.ledger.enis.put(eni_id, with_ips(other, remove=list(map(str, ips)), now=utcnow()))
+            await self.events.publish(EventKind.IP, "moved", node=other.node, object=eni_id, count=len(ips),
+                                      ips=list(map(str, ips)), severity=Severity.WARNING,
+                                      message=f"{len(ips)} IPs of {eni_id} are on {record.eni_id} in the cloud")
+        for ip in record.secondary_ips:
+            self.held_back.pop(str(ip), None)
+        self.held_back.update((str(ip), record.node) for ip in held)
+        if held or off:
+            record = with_ips(record, remove=list(map(str, [*held, *off])), now=record.synced_at)
+        if held:
+            await self.events.publish(EventKind.IP, "conflict", node=ctx.node, object=record.eni_id,
+                                      count=len(held), ips=list(map(str, held)), severity=Severity.WARNING,
+                                      message=f"{len(held)} IPs the cloud put on {record.eni_id} are still a "
+                                              "pod's on another node; kept off this ENI's pool")
+        await self.ledger.enis.put(record.eni_id, record)
+
+    async def _give_back(self, record: Eni, ip: str, owner: str) -> bool:
+        """Take the IP off this ENI in the cloud and put it on an ENI of `owner`, whose pod has it (the cloud gave
+        it here after it was taken off there behind our back). False when the owner has no ENI in the subnet with
+        room for it (it stays here, held back)."""
+        target = target_eni(self.ledger.enis.values(), owner, record.subnet_id)
+        if target is None:
+            return False
+        try:
+            await self.api.remove_private_ips(record.eni_id, [ip])
+        except CceError as err:
+            if err.reason is not ErrorReason.CLOUD_NOT_FOUND:
+                raise
+        try:
+            added = await self.api.add_private_ips(target.eni_id, ips=[ip])
+        except CceError as err:
+            if err.reason not in LOST:
+                raise
+            await self._lost(owner, target.eni_id, [ip], err)
+            return True
+        await self.ledger.enis.put(target.eni_id, with_ips(target, add=added, now=utcnow()))
+        await self.events.publish(EventKind.IP, "returned", node=owner, object=target.eni_id, ips=[ip],
+                                  from_eni=record.eni_id, severity=Severity.WARNING,
+                                  message=f"{ip} of a pod on {owner} was on {record.eni_id} ({record.node}) in the "
+                                          f"cloud; back on {target.eni_id}")
+        return True
+
     # --- reading the cloud back -------------------------------------------------------------------------------
 
     async def refresh(self, ctx: NodeContext, eni_id: str) -> None:
@@ -304,14 +408,17 @@ class Executor:
             raise
 
     async def _await_state(self, eni_id: str, want: EniState) -> CloudEni:
-        """Poll until the ENI is in `want`, or the timeout passes (then its last state is returned)."""
+        """Poll until the ENI is in `want`, or the timeout passes (then its last state is returned). The polls come
+        quickly at first and then every `poll_s` (a fast attach is seen at once, a slow one costs few calls)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timing.timeout_s
+        pause = min(FIRST_POLL_S, self.timing.poll_s)
         while True:
             cloud = await self.api.get_eni(eni_id)
             if cloud.status is want or loop.time() >= deadline:
                 return cloud
-            await self._sleep(self.timing.poll_s)
+            await self._sleep(pause)
+            pause = min(pause * 2, self.timing.poll_s)
 
     async def record(self, ctx: NodeContext, cloud: CloudEni, index: int | None = None,
                      announce: bool = False) -> None:
@@ -325,9 +432,54 @@ class Executor:
                                 quota=ctx.quota, index=slot, now=utcnow(), previous=previous)
         if not differs(previous, record):
             return
-        await self.ledger.enis.put(cloud.eni_id, record)
+        if previous is not None and record.state is EniState.INUSE:
+            record = await self._restore(ctx, previous, record)
+        await self.put(ctx, record)
         if announce and previous is not None:
             await self._announce_resync(ctx, previous, record)
+
+    async def _restore(self, ctx: NodeContext, before: Eni, after: Eni) -> Eni:
+        """IPs a pod of this node holds that the cloud no longer has on their ENI (taken off behind our back) are
+        put back by name. One the cloud will not put back (given to something else, or no room) is lost to its
+        pod: a warning event says so (the pod needs re-creating), and the record follows the cloud."""
+        kept = set(after.secondary_ips)
+        gone = [str(ip) for ip in before.secondary_ips if ip not in kept and str(ip) not in self.ledger.moving
+                and ctx.node in self.pod_nodes(str(ip))]
+        if not gone:
+            return after
+        restored: list[str] = []
+        try:
+            restored += await self.api.add_private_ips(after.eni_id, ips=gone)
+        except CceError as err:
+            restored += [str(ip) for ip in err.details.get("added_ips") or []]
+            if err.reason not in LOST:
+                raise
+            lost = [ip for ip in gone if ip not in restored]
+            if len(lost) == 1:
+                await self._lost(ctx.node, after.eni_id, lost, err)
+            for ip in lost if len(lost) > 1 else []:  # which of them: one at a time
+                restored += await self._restore_one(ctx, after.eni_id, ip)
+        if restored:
+            await self.events.publish(EventKind.IP, "restored", node=ctx.node, object=after.eni_id,
+                                      count=len(restored), ips=restored, severity=Severity.WARNING,
+                                      message=f"{len(restored)} IPs of pods were taken off {after.eni_id} in the "
+                                              "cloud and are put back")
+        return with_ips(after, add=restored, now=after.synced_at) if restored else after
+
+    async def _restore_one(self, ctx: NodeContext, eni_id: str, ip: str) -> list[str]:
+        try:
+            return await self.api.add_private_ips(eni_id, ips=[ip])
+        except CceError as err:
+            if err.reason not in LOST:
+                raise
+            await self._lost(ctx.node, eni_id, [ip], err)
+            return []
+
+    async def _lost(self, node: str, eni_id: str, ips: list[str], err: CceError) -> None:
+        await self.events.publish(EventKind.IP, "lost", node=node, object=eni_id, count=len(ips), ips=ips,
+                                  reason=err.reason, severity=Severity.WARNING,
+                                  message=f"{len(ips)} IPs of pods were taken off {eni_id} in the cloud and cannot "
+                                          f"be put back ({err.reason.value}): their pods need re-creating")
 
     async def _announce_resync(self, ctx: NodeContext, before: Eni, after: Eni) -> None:
         added = sorted(set(map(str, after.secondary_ips)) - set(map(str, before.secondary_ips)))

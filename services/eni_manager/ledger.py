@@ -6,7 +6,8 @@ never runs on a view that lags the leader's own last write (a watch could).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
 from chassis.kv import Store
@@ -41,11 +42,61 @@ class Owned(Generic[T]):
         self.items.pop(key, None)
 
 
+class EniRecords(Owned[Eni]):
+    """The ENI records, with the ENI each secondary IP is on by them (the cloud has an IP on one ENI at a time:
+    `holder` finds a record that still lists an IP the cloud has since put on another ENI) and each node's ENIs
+    (a node's round reads its own without a pass over the cluster's)."""
+
+    def __init__(self, store: Store[Eni]) -> None:
+        super().__init__(store)
+        self._by_ip: dict[IPv4Address, str] = {}
+        self._by_node: dict[str, set[str]] = {}
+
+    async def load(self) -> None:
+        await super().load()
+        self._by_ip = {ip: eni.eni_id for eni in self.items.values() for ip in eni.secondary_ips}
+        self._by_node = {}
+        for eni in self.items.values():
+            self._by_node.setdefault(eni.node, set()).add(eni.eni_id)
+
+    def holder(self, ip: IPv4Address) -> Eni | None:
+        eni_id = self._by_ip.get(ip)
+        return self.items.get(eni_id) if eni_id is not None else None
+
+    def of_node(self, node: str) -> list[Eni]:
+        return [self.items[eni_id] for eni_id in self._by_node.get(node, ())]
+
+    async def put(self, key: str, value: Eni) -> None:
+        before = self.items.get(key)
+        await super().put(key, value)
+        self._forget(key, before)
+        self._by_ip.update((ip, key) for ip in value.secondary_ips)
+        self._by_node.setdefault(value.node, set()).add(key)
+
+    async def drop(self, key: str) -> None:
+        before = self.items.get(key)
+        await super().drop(key)
+        self._forget(key, before)
+
+    def _forget(self, key: str, before: Eni | None) -> None:
+        if before is None:
+            return
+        for ip in before.secondary_ips:
+            if self._by_ip.get(ip) == key:
+                del self._by_ip[ip]
+        ids = self._by_node.get(before.node)
+        if ids is not None:
+            ids.discard(key)
+            if not ids:
+                del self._by_node[before.node]
+
+
 @dataclass
 class Ledger:
-    enis: Owned[Eni]
+    enis: EniRecords
     provision: Owned[EniProvision]
     subnets: Owned[Subnet]
+    moving: set[str] = field(default_factory=set)  # fixed IPs an assignment is moving between ENIs right now
 
     async def load(self) -> None:
         await self.enis.load()
@@ -53,7 +104,7 @@ class Ledger:
         await self.subnets.load()
 
     def enis_of(self, node: str) -> list[Eni]:
-        return sorted((e for e in self.enis.values() if e.node == node), key=lambda e: (e.index, e.eni_id))
+        return sorted(self.enis.of_node(node), key=lambda e: (e.index, e.eni_id))
 
     def provision_of(self, node: str) -> EniProvision | None:
         return self.provision.get(subject_token(node))

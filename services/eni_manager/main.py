@@ -10,9 +10,10 @@ from __future__ import annotations
 from chassis.service import ServiceProcess, run
 from cloud.bce import BceSettings, BceVpcApi
 from cloud.port import VpcApi
-from schemas.subjects import ENI_MANAGER, ENIS, NODES, POOLS, PROVISION, SUBNETS
+from schemas.subjects import ENI_ASSIGN, ENI_MANAGER, ENIS, NODES, POOLS, PROVISION, SUBNETS
+from services.eni_manager.assign import Assigner
 from services.eni_manager.executor import Executor, Timing
-from services.eni_manager.ledger import Ledger, Owned
+from services.eni_manager.ledger import EniRecords, Ledger, Owned
 from services.eni_manager.nodesync import NodeSync
 from services.eni_manager.reconciler import Reconciler, Views
 from services.eni_manager.settings import EniManagerSettings
@@ -22,20 +23,23 @@ from services.eni_manager.subnets import SubnetMirror
 async def wire_manager(proc: ServiceProcess, settings: EniManagerSettings, api: VpcApi,
                        vpc_id: str = "") -> Reconciler:
     """Wire eni_manager into a started process with this cloud; `vpc_id` empty: learnt from the first node."""
-    ledger = Ledger(Owned(await proc.store(ENIS)), Owned(await proc.store(PROVISION)),
+    ledger = Ledger(EniRecords(await proc.store(ENIS)), Owned(await proc.store(PROVISION)),
                     Owned(await proc.store(SUBNETS)))
     subnets = SubnetMirror(api, ledger.subnets)
-    executor = Executor(api, ledger, subnets, proc.events, Timing(settings.attach_poll_s, settings.attach_timeout_s))
-    nodesync = NodeSync(api, ledger, executor, proc.events, settings.cluster_id)
     views = Views()
+    executor = Executor(api, ledger, subnets, proc.events, Timing(settings.attach_poll_s, settings.attach_timeout_s),
+                        pod_nodes=views.pod_nodes)
+    nodesync = NodeSync(api, ledger, executor, proc.events, settings.cluster_id)
     reconciler = Reconciler(settings, api, ledger, subnets, executor, nodesync, proc.events,
                             lambda coro, name: proc.spawn(coro, name=name), views, vpc_id=vpc_id)
     views.nodes = await proc.cache(NODES, reconciler.on_node_change)
     views.pools = await proc.cache(POOLS, reconciler.on_pool_change)
+    views.note_pools()  # the first load is not a change: later ones are noted as they come
     await proc.cache(ENIS, reconciler.on_eni_change)
     await proc.cache(PROVISION)
     await proc.cache(SUBNETS)
     await proc.campaign(reconciler.on_elected, reconciler.on_lost)
+    await proc.rpc.add(ENI_ASSIGN, Assigner(api, ledger, proc.events, lambda: reconciler.leading).assign)
     return reconciler
 
 

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from schemas.base import NetworkMode
@@ -40,6 +40,7 @@ from services.eni_manager.domain import (
     is_stuck,
     plan_node,
 )
+from services.eni_manager.spread import plan_spread
 
 PRIMARY_NIC_PREFIX = "primary-"
 ENI_MODES = frozenset({NetworkMode.VPC_ENI, NetworkMode.VPC_ENI_PRIMARY, NetworkMode.VPC_ENI_EXCLUSIVE})
@@ -135,9 +136,25 @@ def plan_exclusive(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | No
     return NodePlan(nrs.name, tuple(actions), error=created)
 
 
+def with_spread(plan: NodePlan, nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
+                subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, other_enis: int,
+                taken: Collection[str]) -> NodePlan:
+    """The vpc-eni plan with the PodSubnetTopologySpreads' subnets (`spread.py`): one ENI creation or attachment
+    in flight for the node, the spreads' first (their pods wait for that very subnet)."""
+    busy = any(e.state in PENDING_STATES for e in enis if e.use is EniUse.SECONDARY_IPS)
+    extra = plan_spread(nrs, enis, pool, quota, subnets, settings, now, taken=taken, other_enis=other_enis,
+                        busy=busy)
+    if not extra:
+        return plan
+    creating = any(isinstance(a, LIFECYCLE) for a in extra)
+    kept = [a for a in plan.actions if not (creating and isinstance(a, CreateEni))]
+    waiting = plan.waiting or ("an ENI is being attached" if creating else "")
+    return NodePlan(plan.node, (*kept, *extra), error=plan.error, waiting=waiting)
+
+
 def plan_live_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
                    subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, *,
-                   other_enis: int = 0) -> NodePlan:
+                   other_enis: int = 0, taken: Collection[str] = ()) -> NodePlan:
     """The plan for a live node in its mode. A vpc-eni node that allows exclusive ENIs gets both plans, with at most
     one ENI created or attached at a time (the exclusive one first)."""
     mode = nrs.spec.mode
@@ -149,7 +166,8 @@ def plan_live_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | No
     if mode is NetworkMode.VPC_ENI_EXCLUSIVE:
         assert exclusive is not None
         return exclusive
-    secondary = plan_node(nrs, enis, pool, quota, subnets, settings, now, other_enis=other_enis)
+    secondary = with_spread(plan_node(nrs, enis, pool, quota, subnets, settings, now, other_enis=other_enis),
+                            nrs, enis, pool, quota, subnets, settings, now, other_enis, taken)
     if exclusive is None or (exclusive.is_idle and exclusive.error is None and not exclusive.waiting):
         return secondary
     busy = any(isinstance(a, LIFECYCLE) for a in exclusive.actions) or bool(exclusive.waiting)

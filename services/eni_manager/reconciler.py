@@ -3,17 +3,21 @@ cloud, the subnet mirror, and the GC of ENIs of ours nobody owns.
 
 Only the leader acts. When elected it reloads the records it owns; every node's first round then resyncs the node
 from the cloud (after one VPC-wide scan that finds ENIs of ours no record knows, such as one a dead predecessor
-created but never recorded) before planning anything, so a takeover never creates a second ENI for one need.
+created but never recorded) before planning anything, so a takeover never creates a second ENI for one need. A node
+whose record was written after the term began (a revision of the nodes bucket above its last one at election) is
+one no predecessor ever acted on: it joins without waiting for a scan (scans list the whole VPC, so one per join
+would bound how fast nodes can join a large cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from chassis import tracing
 from chassis.events import EventPublisher
 from chassis.kv import KvCache, Versioned
 from chassis.logs import get_logger
@@ -56,8 +60,35 @@ class Views:
     def nrs(self, node: str) -> NetResourceSet | None:
         return self.nodes.get(subject_token(node)) if self.nodes else None
 
+    # the nodes whose pool holds each IP for a pod (allocated; a releasing IP is no pod's): kept by `note_pool` from
+    # every pool change, so the executor never records an IP a pod on another node still has onto an ENI of this
+    # one, and puts back one of this node's pods that the cloud lost
+    pod_ips: dict[str, set[str]] = field(default_factory=dict)
+    _pod_ips_of: dict[str, set[str]] = field(default_factory=dict)
+
     def pool(self, node: str) -> NodePool | None:
         return self.pools.get(subject_token(node)) if self.pools else None
+
+    def note_pool(self, node: str, pool: NodePool | None) -> None:
+        for ip in self._pod_ips_of.pop(node, set()):
+            holders = self.pod_ips.get(ip)
+            if holders is not None:
+                holders.discard(node)
+                if not holders:
+                    del self.pod_ips[ip]
+        if pool is not None:
+            ips = set(pool.allocated)
+            self._pod_ips_of[node] = ips
+            for ip in ips:
+                self.pod_ips.setdefault(ip, set()).add(node)
+
+    def note_pools(self) -> None:
+        for pool in self.pools.values() if self.pools else []:
+            self.note_pool(pool.node, pool)
+
+    def pod_nodes(self, ip: str) -> set[str]:
+        """The nodes whose pool holds the IP for a pod (two while a fixed IP moves between them)."""
+        return self.pod_ips.get(ip, set())
 
     def eni_nodes(self) -> list[NetResourceSet]:
         """Nodes in an ENI-family mode (vpc-eni, vpc-eni-primary, vpc-eni-exclusive)."""
@@ -84,6 +115,9 @@ class Reconciler:
         self._scan_lock = asyncio.Lock()
         self._scanned_at: float | None = None  # loop time the last VPC scan started, None: not this term
         self._node_seen_at: dict[str, float] = {}
+        self._term_revision: int | None = None  # the nodes bucket's last revision when this term began
+        self._term_nodes: set[str] = set()  # the nodes known when it began
+        self._first_revision: dict[str, int] = {}  # node -> the revision its record had when the views first saw it
         self._hints: dict[str, list[CloudEni]] = {}
         self._listed: dict[str, list[CloudEni]] = {}  # node -> its attached ENIs from the last scan, if still true
         self._round_marks: dict[str, int] = {}  # node -> rounds started + rounds ended: odd while one runs
@@ -91,6 +125,7 @@ class Reconciler:
         self._other_enis: dict[str, int] = {}
         self._removal_marks: dict[str, datetime] = {}
         self._orphans_seen: dict[str, datetime] = {}
+        self._waiting_traces: dict[str, list[str]] = {}  # node -> traceparents of allocations waiting for it
 
     # --- leadership -------------------------------------------------------------------------------------------
 
@@ -107,6 +142,8 @@ class Reconciler:
         try:
             await self.ledger.load()
             self._scanned_at, self._hints, self._removal_marks, self._listed = None, {}, {}, {}
+            self._term_revision = await self.views.nodes.store.last_revision() if self.views.nodes else None
+            self._term_nodes = self.known_nodes()
             self.leading = True
             log.info("leading: resyncing every node before acting", nodes=len(self.known_nodes()))
             for node in self.known_nodes():
@@ -142,10 +179,27 @@ class Reconciler:
         worker.kick(resync)
 
     def on_node_change(self, key: str, item: Versioned[NetResourceSet] | None) -> None:
-        self.kick(item.value.name if item else from_subject_token(key))
+        node = item.value.name if item else from_subject_token(key)
+        if item is None:
+            self._first_revision.pop(node, None)
+        else:
+            self._first_revision.setdefault(node, item.revision)
+        self.kick(node)
 
     def on_pool_change(self, key: str, item: Versioned[NodePool] | None) -> None:
-        self.kick(item.value.node if item else from_subject_token(key))
+        node = item.value.node if item else from_subject_token(key)
+        self.views.note_pool(node, item.value if item else None)
+        for ip, there in list(self.executor.held_back.items()):  # a pod let go: the ENI the cloud put it on has it
+            if not self.views.pod_nodes(ip) - {there}:
+                del self.executor.held_back[ip]
+                self.kick(there, resync=True)
+        # allocations waiting for this node's refill: the rounds that refill it join their traces
+        traces = list(dict.fromkeys(item.value.waiting_traces.values())) if item else []
+        if traces:
+            self._waiting_traces[node] = traces
+        else:
+            self._waiting_traces.pop(node, None)
+        self.kick(node)
 
     def on_eni_change(self, key: str, item: Versioned[Eni] | None) -> None:
         if item is not None:
@@ -188,8 +242,16 @@ class Reconciler:
         return scan.orphans
 
     def _scanned_for(self, node: str) -> bool:
-        seen = self._node_seen_at.get(node, 0.0)
-        return self._scanned_at is not None and self._scanned_at >= seen
+        if self._scanned_at is None:
+            return False
+        return self._scanned_at >= self._node_seen_at.get(node, 0.0) or self._new_this_term(node)
+
+    def _new_this_term(self, node: str) -> bool:
+        """The node's record was first written after this term began and nothing of it was known then: no
+        predecessor (which stepped down before this term) can have created an ENI for it."""
+        first = self._first_revision.get(node)
+        return (node not in self._term_nodes and first is not None and self._term_revision is not None
+                and first > self._term_revision)
 
     async def _ensure_scanned(self, node: str, instance_id: str) -> None:
         """Before a node first acts in a term: the VPC is known, its subnets mirrored, and it was scanned for
@@ -228,7 +290,9 @@ class Reconciler:
     async def _round(self, node: str, resync: bool) -> bool:
         self._round_marks[node] = self._round_marks.get(node, 0) + 1
         try:
-            return await self._round_once(node, resync, self._listed.pop(node, None))
+            with tracing.joined_span("eni_manager.refill", self._waiting_traces.get(node, ()),
+                                     {tracing.NODE: node, "cce.resync": resync}):
+                return await self._round_once(node, resync, self._listed.pop(node, None))
         finally:
             self._round_marks[node] += 1
 
@@ -265,7 +329,8 @@ class Reconciler:
             log.info("executing plan", node=ctx.node, actions=[repr(a) for a in plan.actions],
                      error=plan.error.reason.value if plan.error else None)
             for action in plan.actions:
-                await self.executor.run(ctx, action)
+                with tracing.child_span(f"eni_manager.{type(action).__name__}", {"cce.action": repr(action)[:200]}):
+                    await self.executor.run(ctx, action)
             if any(isinstance(a, DropProvision) for a in plan.actions):
                 return
         log.warning("node did not settle within a round", node=ctx.node, steps=MAX_STEPS)
@@ -282,8 +347,15 @@ class Reconciler:
                 self._workers[ctx.node].kick_later(max(grace_left, 0.0))
             return plan
         self._removal_marks.pop(ctx.node, None)
-        return plan_live_node(nrs, enis, self.views.pool(ctx.node), ctx.quota, self.ledger.subnets.items,
-                              self.settings.plan, now, other_enis=self._other_enis.get(ctx.node, 0))
+        pool = self.views.pool(ctx.node)
+        return plan_live_node(nrs, enis, pool, ctx.quota, self.ledger.subnets.items, self.settings.plan, now,
+                              other_enis=self._other_enis.get(ctx.node, 0), taken=self._taken(pool))
+
+    def _taken(self, pool: NodePool | None) -> set[str]:
+        """IPs not to ask for by name: on an ENI we know, or in use elsewhere (only a spread's ranges need it)."""
+        if pool is None or not any(d.ranges for d in pool.demand.subnets.values()):
+            return set()
+        return {str(p.ip) for e in self.ledger.enis.values() for p in e.private_ips} | self.executor.unavailable
 
     # --- node facts -------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from schemas.base import NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.messages import AllocateRequest
 from schemas.records import (
+    AllocationType,
     CceEndpoint,
     EndpointAddress,
     EndpointState,
@@ -30,14 +31,18 @@ from schemas.records import (
     PoolDemand,
     ReleaseMark,
     ReleaseState,
+    ReleaseStrategy,
 )
 from services.ipam import exclusive_pool as xp
+from services.ipam import spread
 from services.ipam import watermarks as wm
 from services.ipam.facts import LIVE_ENI_STATES as LIVE_ENI_STATES  # re-exported: callers know them from here
 from services.ipam.facts import PROVISION_REASONS as PROVISION_REASONS
 from services.ipam.facts import ROUTE_TABLE_BASE as ROUTE_TABLE_BASE
 from services.ipam.facts import IpSlot as IpSlot
 from services.ipam.facts import NodeFacts as NodeFacts
+
+FIXED_MARKER_PREFIX = "fixed/"  # a pool claim held by a fixed IP's reservation while its pod is gone (fixed.py)
 
 
 def _ip_order(ip: IPv4Address | str) -> int:
@@ -54,7 +59,8 @@ class PoolView:
         if facts.is_route_mode:
             self.slots = facts.route_slots()
         else:
-            self.slots = [IpSlot(ip, eni) for eni in facts.usable_enis for ip in sorted(eni.secondary_ips, key=int)]
+            self.slots = [IpSlot(ip, eni) for eni in facts.usable_enis for ip in sorted(eni.secondary_ips, key=int)
+                          if spread.is_general_slot(facts, eni, ip)]  # not a spread's dedicated ENI or range
         self.free_slots: list[IpSlot] = []
         self.cooling = 0
         self.releasing_usable = 0
@@ -75,7 +81,12 @@ class PoolView:
 
     @property
     def used(self) -> int:
-        return len(self.pool.allocated)
+        """Claims on the ordinary pool (not those of spread-selected pods on dedicated ENIs or in ranges)."""
+        facts = self.facts
+        if facts.is_route_mode or not (facts.reserved or facts.spec.subnet_ids):
+            return len(self.pool.allocated)
+        return sum(1 for ip in self.pool.allocated
+                   if spread.is_general_slot(facts, facts.eni_holding(ip), IPv4Address(ip)))
 
     @property
     def free(self) -> int:
@@ -91,6 +102,17 @@ class PoolView:
         """Usable IPs that are not on their way out."""
         return len(self.slots) - self.releasing_usable
 
+    def refill_batch(self) -> int:
+        """Refills come in whole batches when the pool looks ahead (burstable pools fill whole ENIs anyway)."""
+        settings = self.facts.settings
+        return wm.LOOKAHEAD_BATCH if settings.lookahead_s > 0 and not settings.burstable else 0
+
+    @property
+    def ahead(self) -> int:
+        """The look-ahead: about as many IPs as pods took in the last `lookahead_s`."""
+        settings = self.facts.settings
+        return wm.lookahead(recent_allocations(self.pool, self.now, settings.lookahead_s), settings)
+
     def next_cooldown_end(self) -> datetime | None:
         ends = [until for ip, until in self.pool.cooldown.items() if until > self.now and ip not in self.pool.allocated]
         return min(ends, default=None)
@@ -99,7 +121,7 @@ class PoolView:
         settings, upper = self.facts.settings, self.facts.max_allocate
         if self.facts.spec.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
             return 0  # pods take whole ENIs: no secondary IPs
-        target = wm.target_ips(self.used, self.pending, settings, upper, cooling=self.cooling)
+        target = wm.target_ips(self.used, self.pending, settings, upper, cooling=self.cooling, ahead=self.ahead)
         if not settings.burstable:
             return target
         quota = self.facts.quota
@@ -122,23 +144,38 @@ class PoolView:
         return PoolDemand(target_ips=0 if removing else self.target(), used=self.used, pending=self.pending,
                           free=self.free, cooling=self.cooling, releasing=len(self.pool.releasing),
                           computed_at=self.now, target_enis=0 if removing else enis.target(), enis_used=enis.used,
-                          enis_pending=enis.pending, enis_free=len(enis.free))
+                          enis_pending=enis.pending, enis_free=len(enis.free), refill_batch=self.refill_batch(),
+                          subnets={} if removing or self.facts.is_route_mode else spread.subnet_demand(self.pool,
+                                                                                                        self.facts))
 
 
 # ---- claims -----------------------------------------------------------------------------------------------------
 
 
 def same_pool(a: NodePool, b: NodePool) -> bool:
-    """Equal but for the times a write stamps on it."""
-    exclude: dict[str, object] = {"updated_at": True, "demand": {"computed_at"}}
-    return a.model_dump(exclude=exclude) == b.model_dump(exclude=exclude)  # type: ignore[arg-type]
+    """Equal but for the times a write stamps on it (b compared with a's stamps: shallow copies, field by field,
+    no dump of either)."""
+    if a is b:
+        return True
+    stamped = b.model_copy(update={"updated_at": a.updated_at,
+                                   "demand": b.demand.model_copy(update={"computed_at": a.demand.computed_at})})
+    return a == stamped
 
 
-def refresh_demand(pool: NodePool, facts: NodeFacts, now: datetime, removing: bool = False) -> NodePool:
-    new = pool.model_copy(deep=True)
+def refresh_demand(pool: NodePool, facts: NodeFacts, now: datetime, removing: bool = False, *,
+                   owned: bool = False) -> NodePool:
+    """The pool with its demand computed as of `now`; `owned`: the caller's private copy, updated in place."""
+    new = pool if owned else pool.model_copy(deep=True)
     new.demand = PoolView(new, facts, now).demand(removing)
     new.updated_at = now
     return new
+
+
+def recent_allocations(pool: NodePool, now: datetime, window_s: float) -> float:
+    """The pool's decaying count of allocations (those of about the last `window_s`), as of `now`."""
+    if pool.recent_at is None:
+        return 0.0
+    return wm.decayed(pool.recent_allocations, (now - pool.recent_at).total_seconds(), window_s)
 
 
 def pick_ip(view: PoolView) -> IpSlot | None:
@@ -169,7 +206,9 @@ def allocate_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime) -> tu
     new.allocated[str(slot.ip)] = key
     new.cooldown.pop(str(slot.ip), None)
     new.waiting.pop(key, None)
-    return refresh_demand(new, facts, now), slot
+    new.recent_allocations = recent_allocations(pool, now, facts.settings.lookahead_s) + 1
+    new.recent_at = now
+    return refresh_demand(new, facts, now, owned=True), slot
 
 
 @dataclass(frozen=True)
@@ -209,7 +248,7 @@ def claim_ip(pool: NodePool, facts: NodeFacts, key: str, now: datetime, wait: bo
     new = pool.model_copy(deep=True)
     if wait:
         new.waiting.setdefault(key, now)
-    new = refresh_demand(new, facts, now)
+    new = refresh_demand(new, facts, now, owned=True)
     return Claim(new, not same_pool(pool, new), next_cooldown_end=PoolView(new, facts, now).next_cooldown_end())
 
 
@@ -220,7 +259,7 @@ def drop_waiting(pool: NodePool, facts: NodeFacts, key: str, now: datetime) -> N
     new = pool.model_copy(deep=True)
     new.waiting.pop(key, None)
     new.exclusive_waiting.pop(key, None)
-    return refresh_demand(new, facts, now)
+    return refresh_demand(new, facts, now, owned=True)
 
 
 def release_ip(pool: NodePool, key: str, cooldown_s: float, now: datetime,
@@ -261,7 +300,17 @@ def new_endpoint(req: AllocateRequest, mode: NetworkMode, slot: IpSlot, now: dat
     return CceEndpoint(node=req.node, container_id=req.container_id, ifname=req.ifname, namespace=req.pod.namespace,
                        pod=req.pod.name, pod_uid=req.pod.uid, mode=mode, state=EndpointState.ALLOCATED,
                        addresses=[address], netns=req.netns, created_at=now,
-                       expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
+                       expires_at=now + timedelta(seconds=ttl_s), updated_at=now, bandwidth=req.bandwidth,
+                       **fixed_fields(req))
+
+
+def fixed_fields(req: AllocateRequest) -> dict[str, object]:
+    """An endpoint's allocation type and release strategy (Fixed: from the pod's fixed IP request)."""
+    ask = req.fixed_ip
+    if ask is None:
+        return {}
+    ttl = ask.ttl_s if ask.release_strategy is ReleaseStrategy.TTL else None
+    return {"allocation_type": AllocationType.FIXED, "release_strategy": ask.release_strategy, "release_ttl_s": ttl}
 
 
 def confirm_endpoint(endpoint: CceEndpoint, host_veth: str, now: datetime) -> CceEndpoint:
@@ -283,7 +332,8 @@ def orphan_claims(pool: NodePool, endpoint_keys: Collection[str]) -> dict[str, s
     """Claims (IP or exclusive ENI id -> key) whose endpoint does not exist: a write lost between the claim and the
     endpoint, or an endpoint that vanished while its pod held the claim."""
     claims = {**pool.allocated, **pool.exclusive}
-    return {held: key for held, key in claims.items() if key not in endpoint_keys}
+    return {held: key for held, key in claims.items()
+            if key not in endpoint_keys and not key.startswith(FIXED_MARKER_PREFIX)}  # a fixed IP's pod is away
 
 
 def holds(pool: NodePool, key: str, endpoint: CceEndpoint) -> bool:
@@ -318,6 +368,35 @@ def failure(node: str, provision: EniProvision | None, used: int, upper: int, wa
                     used=used)
 
 
+# A provisioning failure that means the node cannot obtain more addresses or ENIs for now (the subnet is full, the
+# quota reached): what it has is all it can hold.
+GROWTH_BLOCKERS = frozenset({ErrorReason.SUBNET_NO_MORE_IP, ErrorReason.ENI_CAPACITY_EXCEED,
+                             ErrorReason.NO_AVAILABLE_SUBNET})
+
+
+def can_grow(facts: NodeFacts) -> bool:
+    return facts.provision is None or facts.provision.last_error not in GROWTH_BLOCKERS
+
+
+def pod_enis(view: PoolView) -> int:
+    """Exclusive ENIs the node can give pods in all (held ones included): 0 on a node that allows none."""
+    if not xp.allows_exclusive(view.facts.spec):
+        return 0
+    enis = view.enis
+    have = enis.used + len(enis.free) + len(enis.cooling) + len(enis.coming)
+    creatable = max(0, view.facts.quota.max_enis - enis.node_enis()) if can_grow(view.facts) else 0
+    return min(view.facts.max_allocate, have + creatable)
+
+
+def pod_ips(view: PoolView, attachable: int) -> int:
+    """Pods the node can hold by address in all (those running included): what its ENIs carry and not being
+    released, plus what it can still obtain; exclusive mode: its exclusive ENIs."""
+    if view.facts.spec.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
+        return pod_enis(view)
+    growth = attachable if can_grow(view.facts) else 0
+    return min(view.facts.max_allocate, view.available + growth)
+
+
 def node_capacity(view: PoolView) -> NodeCapacity:
     quota = view.facts.quota
     if view.facts.spec.mode is NetworkMode.VPC_ENI_EXCLUSIVE:
@@ -326,7 +405,8 @@ def node_capacity(view: PoolView) -> NodeCapacity:
         current = sum(len(e.secondary_ips) for e in view.facts.secondary_enis if e.state in LIVE_ENI_STATES)
         attachable = max(0, quota.max_secondaries - current)
     return NodeCapacity(free_ips=view.free, used_ips=view.used, attachable_ips=attachable,
-                        free_enis=len(view.enis.free), max_enis=quota.max_enis, ips_per_eni=quota.ips_per_eni)
+                        free_enis=len(view.enis.free), max_enis=quota.max_enis, ips_per_eni=quota.ips_per_eni,
+                        pod_ips=pod_ips(view, attachable), pod_enis=pod_enis(view))
 
 
 def is_ready(view: PoolView) -> bool:
@@ -430,9 +510,11 @@ def maintain_pool(pool: NodePool, facts: NodeFacts, now: datetime, waiting_ttl_s
     stale = sorted(k for k, since in pool.waiting.items() if since + timedelta(seconds=waiting_ttl_s) <= now)
     for key in stale:
         del new.waiting[key]
+    for key in spread.stale_waits(pool, now, waiting_ttl_s):
+        del new.subnet_waiting[key]
     xp.prune(new, facts, now, waiting_ttl_s)
     surplus = [] if removing else xp.mark_surplus(new, facts, now)
     # vpc-route: no IP-level release handshake; idle CIDRs go back through route_manager
     plan = ReleasePlan() if removing or facts.is_route_mode else plan_release(PoolView(new, facts, now))
-    new = refresh_demand(apply_release(new, plan, now), facts, now, removing)
+    new = refresh_demand(apply_release(new, plan, now), facts, now, removing, owned=True)
     return Upkeep(new, not same_pool(pool, new), plan, cooled, stale, surplus)

@@ -58,6 +58,7 @@ class NodeFacts:
     cidrs: tuple[NodeCidr, ...] = ()  # vpc-route: the node's CIDRs (route_manager's records)
     routes: tuple[RouteRule, ...] = ()  # vpc-route: the route rules of those CIDRs
     cidr_pool: ClusterCidrPool | None = None
+    reserved: tuple[IPv4Network, ...] = ()  # the ranges PodSubnetTopologySpreads keep for their pods (spread.py)
 
     @property
     def is_route_mode(self) -> bool:

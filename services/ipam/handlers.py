@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from chassis import tracing
 from chassis.events import EventPublisher
 from chassis.kv import KEEP, _Keep
 from chassis.logs import get_logger
@@ -29,7 +31,10 @@ from schemas.subjects import IPAM_ALLOCATE, IPAM_CONFIRM, IPAM_RELEASE, NODE_REG
 from services.ipam import domain, route_mode
 from services.ipam.exclusive import failure as exclusive_failure
 from services.ipam.exclusive_pool import allows_exclusive, is_exclusive
+from services.ipam.fixed_ops import FixedIps
+from services.ipam.metrics import REFILL_WAIT
 from services.ipam.pool_ops import PoolOps, endpoint_ips
+from services.ipam.spread_ops import Spreads
 from services.ipam.state import node_key, wait_event
 from services.ipam.watermarks import max_allocate
 
@@ -57,12 +62,40 @@ def registered_mode(req: NodeRegisterRequest, current: NodeSpec | None) -> Netwo
     return req.mode
 
 
+class Waited:
+    """An allocation's wait for a refill: its time (metric) and its span in the request's trace."""
+
+    def __init__(self, clock: Callable[[], float], node: str) -> None:
+        self.clock, self.node = clock, node
+        self.since: float | None = None
+        self.served = False
+        self.span: Any = None
+
+    def start(self) -> None:
+        if self.since is None:
+            self.since = self.clock()
+            self.span = tracing.start_child("ipam.wait_for_refill", {tracing.NODE: self.node})
+
+    def end(self) -> None:
+        if self.since is None:
+            return
+        REFILL_WAIT.labels("served" if self.served else "not_served").observe(self.clock() - self.since)
+        if self.span is not None:
+            self.span.set_attribute("cce.served", self.served)
+            if not self.served:
+                tracing.fail(self.span, "NotServed")
+            self.span.end()
+        self.since = None
+
+
 class IpamHandlers:
-    def __init__(self, ops: PoolOps, events: EventPublisher) -> None:
+    def __init__(self, ops: PoolOps, events: EventPublisher, fixed: FixedIps | None = None) -> None:
         self.ops = ops
         self.state = ops.state
         self.settings = ops.settings
         self.events = events
+        self.fixed = fixed or FixedIps(ops, events, None, self.settings.fixed_ip_ttl_s)
+        self.spreads = Spreads(ops, events)  # pods a PodSubnetTopologySpread selects (spread_ops.py)
 
     async def serve(self, rpc: RpcServer) -> None:
         await rpc.add(NODE_REGISTER, self.register)
@@ -138,12 +171,21 @@ class IpamHandlers:
             raise CceError(ErrorReason.INVALID_REQUEST, f"node {req.node} ({nrs.spec.mode.value}) does not allow "
                            "exclusive ENIs", fields=["exclusive"], node=req.node)
         exclusive = is_exclusive(nrs.spec, req.exclusive)
+        if req.fixed_ip is not None:
+            req = self.fixed.resolve(req, nrs)
         key = endpoint_key(req.node, req.container_id, req.ifname)
         existing = await self.state.stores.endpoints.get(key)
         if existing is not None:
             return AllocateReply(endpoint=existing.value, reused=True)
+        if req.fixed_ip is not None:
+            slot = await self.fixed.claim(req, nrs, key)
+            if slot is not None:  # the pod's own IP again (here, or moved here)
+                return await self._fixed_reply(req, nrs, key, slot)
         wait_s = req.wait_s if "wait_s" in req.model_fields_set else self.settings.default_wait_s
         wait_s = min(wait_s, self.settings.max_wait_s)
+        chosen = await self.spreads.select(req) if not exclusive and req.fixed_ip is None else None
+        if chosen is not None:
+            return await self.spreads.allocate(req, nrs, key, chosen, wait_s)
         claim = await self._claim(nrs, key, wait_s, exclusive)
         if claim.slot is None:
             if exclusive:
@@ -156,6 +198,8 @@ class IpamHandlers:
                                  max_allocate(nrs.spec), wait_s)
         mode = NetworkMode.VPC_ENI_EXCLUSIVE if exclusive else nrs.spec.mode
         endpoint, reused = await self._record(req, nrs, mode, key, claim.slot, claim.reused)
+        if req.fixed_ip is not None:
+            await self.fixed.hold(req, endpoint)  # its first IP becomes the pod's for good
         if not reused:
             origin: dict[str, Any] = {"eni_id": claim.slot.eni.eni_id} if claim.slot.eni else {
                 "cidr": str(claim.slot.cidr)}
@@ -163,11 +207,22 @@ class IpamHandlers:
                                       ip=str(claim.slot.ip), pod=f"{req.pod.namespace}/{req.pod.name}", **origin)
         return AllocateReply(endpoint=endpoint, reused=reused)
 
+    async def _fixed_reply(self, req: AllocateRequest, nrs: NetResourceSet, key: str,
+                           slot: domain.IpSlot) -> AllocateReply:
+        endpoint, reused = await self._record(req, nrs, nrs.spec.mode, key, slot, False)
+        await self.fixed.hold(req, endpoint)
+        if not reused:
+            await self.events.publish(EventKind.ENDPOINT, "allocated", node=req.node, object=key, ip=str(slot.ip),
+                                      pod=f"{req.pod.namespace}/{req.pod.name}", fixed=True,
+                                      eni_id=slot.eni.eni_id if slot.eni else None)
+        return AllocateReply(endpoint=endpoint, reused=reused)
+
     async def _claim(self, nrs: NetResourceSet, key: str, wait_s: float, exclusive: bool = False) -> domain.Claim:
         """Claim an IP, waiting up to `wait_s` for the pool to refill; the waiting entry goes in every outcome."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         waiting = False
+        wait = Waited(loop.time, nrs.name)
         try:
             while True:
                 changed = self.state.signals.current(nrs.name)
@@ -178,11 +233,14 @@ class IpamHandlers:
                                    node=nrs.name, key=key)
                 done = claim.slot is not None or claim.at_max or claim.at_capacity
                 waiting = wait_s > 0 and not done
+                wait.served = claim.slot is not None
                 remaining = deadline - loop.time()
                 if done or remaining <= 0:
                     return claim
+                wait.start()
                 await wait_event(changed, min(remaining, RECHECK_S, self._until(claim)))
         finally:
+            wait.end()
             if waiting:
                 await self.ops.stop_waiting(nrs, key)
 

@@ -7,15 +7,19 @@ allocate/confirm/release; the replica holding the "ipam-maintenance" lease also 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from chassis.leader import LeaderElector
 from chassis.rpc import call
 from chassis.service import ServiceProcess, run
-from schemas.messages import ExpandReply, ExpandRequest
-from schemas.subjects import IPAM, LEASES, ROUTE_EXPAND
+from schemas.errors import CceError, ErrorReason
+from schemas.messages import AssignIpReply, AssignIpRequest, ExpandReply, ExpandRequest
+from schemas.subjects import ENI_ASSIGN, IPAM, LEASES, ROUTE_EXPAND
+from services.ipam.fixed_ops import FixedIps
 from services.ipam.handlers import IpamHandlers
 from services.ipam.maintenance import Maintenance
+from services.ipam.metrics import POOL_GAUGES, leader_samples
 from services.ipam.pool_ops import PoolOps
 from services.ipam.settings import IpamSettings
 from services.ipam.state import IpamState
@@ -48,9 +52,25 @@ async def build(proc: ServiceProcess) -> Ipam:
         return reply
 
     maintenance = Maintenance(ops, proc.events, elector, expand)
+    POOL_GAUGES.source = leader_samples(ops.state, elector, ops.clock)
     proc.spawn(elector.run(), name="ipam-maintenance-lease")
     proc.spawn(maintenance.run(), name="ipam-maintenance")
-    handlers = IpamHandlers(ops, proc.events)
+
+    async def assign(req: AssignIpRequest) -> AssignIpReply:
+        """eni_manager moves a fixed IP; its standby answers NotLeader: asked again (a queue group picks one)."""
+        for attempt in range(6):
+            try:
+                reply: AssignIpReply = await call(proc.bus, ENI_ASSIGN, req, timeout=settings.assign_timeout_s)
+                return reply
+            except CceError as err:
+                if err.reason is not ErrorReason.NOT_LEADER or attempt == 5:
+                    raise
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    fixed = FixedIps(ops, proc.events, assign, settings.fixed_ip_ttl_s)
+    maintenance.fixed = fixed
+    handlers = IpamHandlers(ops, proc.events, fixed)
     await handlers.serve(proc.rpc)
     return Ipam(ops, handlers, maintenance, elector)
 

@@ -20,12 +20,14 @@ from schemas.events import EventKind
 from schemas.messages import ExpandReply, ExpandRequest
 from schemas.records import NetResourceSet, NodeStatus
 from services.ipam import domain, route_mode
+from services.ipam.fixed_ops import FixedIps
 from services.ipam.pool_ops import PoolOps, endpoint_ips
 from services.ipam.state import node_key, wait_event
 
 log = get_logger("ipam.maintenance")
 
 Expand = Callable[[ExpandRequest], Awaitable[ExpandReply]]
+FULL_PASS_REST = 2.0  # a full maintenance pass is followed by at least this many times its length before the next
 # route_manager not reachable or not leading right now: asked again on the next pass, nothing recorded
 TRANSIENT = frozenset({ErrorReason.NOT_LEADER, ErrorReason.SERVICE_UNAVAILABLE, ErrorReason.TIMEOUT,
                        ErrorReason.CONFLICT})
@@ -42,6 +44,7 @@ class Maintenance:
         self.events = events
         self.elector = elector
         self.grace = Grace()
+        self.fixed: FixedIps | None = None  # fixed IPs' reservations: TTLs and stray claims (wired by main)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.state.listeners.append(self.poke)
@@ -51,6 +54,10 @@ class Maintenance:
         self._wake.set()
 
     async def run(self) -> None:
+        """Changed nodes as they change (a burst coalesced), every node on the period. On a large cluster a full
+        pass takes a while: nodes that change meanwhile go first, between its nodes, and the next full pass waits
+        at least twice as long as this one took (a full pass takes at most about a third of the leader's time, so
+        the allocations it serves and the joins it answers never queue behind it)."""
         loop = asyncio.get_running_loop()
         next_full = loop.time()
         while True:
@@ -58,13 +65,28 @@ class Maintenance:
             if self._wake.is_set() and self.settings.maintenance_coalesce_s > 0:
                 await asyncio.sleep(self.settings.maintenance_coalesce_s)  # a burst of changes: one pass
             self._wake.clear()
-            nodes, self._dirty = self._dirty, set()
-            if loop.time() >= next_full:
-                nodes |= self.state.known_nodes()
-                next_full = loop.time() + self.settings.maintenance_period_s
-            if self.elector.is_leader:
-                for node in sorted(nodes):
+            full = loop.time() >= next_full
+            if not self.elector.is_leader:
+                self._dirty.clear()
+                if full:
+                    next_full = loop.time() + self.settings.maintenance_period_s
+                continue
+            await self._reconcile_dirty()
+            if full:
+                started = loop.time()
+                for node in sorted(self.state.known_nodes()):
+                    if not self.elector.is_leader:
+                        break
                     await self.reconcile_safely(node)
+                    if self._dirty:
+                        await self._reconcile_dirty()
+                took = loop.time() - started
+                next_full = loop.time() + max(self.settings.maintenance_period_s, FULL_PASS_REST * took)
+
+    async def _reconcile_dirty(self) -> None:
+        nodes, self._dirty = self._dirty, set()
+        for node in sorted(nodes):
+            await self.reconcile_safely(node)
 
     async def reconcile_safely(self, node: str) -> None:
         try:
@@ -83,6 +105,8 @@ class Maintenance:
             return  # the node record changed: its watch brings the node back with the new mode
         await self.expire(nrs)
         await self.collect(nrs)
+        if self.fixed is not None:
+            await self.fixed.upkeep(nrs)
         upkeep = await self.ops.upkeep(nrs)
         if upkeep is not None:
             await self.announce(nrs.name, upkeep)

@@ -124,13 +124,24 @@ def failure(facts: NodeFacts, status: NodeStatus, used: int, waited_s: float) ->
                     node=node, used=used)
 
 
+def pod_ips(view: PoolView, status: NodeStatus) -> int:
+    """Pods the node can hold by address: its max pods while it can get more CIDRs, else what its CIDRs hold."""
+    facts = view.facts
+    cond = condition(status)
+    if cond is None or cond.status:
+        return facts.max_allocate
+    return min(facts.max_allocate, view.available + hosts(facts, routed=False))
+
+
 def node_status(status: NodeStatus, view: PoolView) -> NodeStatus | None:
     """The status with the node's CIDRs, router address, readiness and capacity; None when nothing changed."""
     facts = view.facts
     cidrs = [c.cidr for c in facts.node_cidrs if c.state is NodeCidrState.ACTIVE]
     router = facts.router_ip
     ready = bool(facts.node_cidrs) and facts.is_routed(facts.node_cidrs[0])
-    capacity = NodeCapacity(free_ips=view.free, used_ips=view.used, attachable_ips=hosts(facts, routed=False))
+    unrouted = hosts(facts, routed=False)
+    capacity = NodeCapacity(free_ips=view.free, used_ips=view.used, attachable_ips=unrouted,
+                            pod_ips=pod_ips(view, status))
     if (status.ready, status.cidrs, status.router_ip, status.capacity) == (ready, cidrs, router, capacity):
         return None
     new = status.model_copy(deep=True)

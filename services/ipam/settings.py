@@ -20,3 +20,6 @@ class IpamSettings(ChassisSettings):
         30.0, ge=0, description="claims without an endpoint, and endpoints without a claim, are collected after this")
     expand_timeout_s: float = Field(5.0, gt=0, description="vpc-route: how long an ask for another CIDR waits")
     maintenance_lease: str = Field("ipam-maintenance", min_length=1, description="lease name of the maintenance loop")
+    fixed_ip_ttl_s: float = Field(7 * 24 * 3600.0, ge=0, description="a fixed IP whose pod is gone is kept this long "
+                                                                     "unless the pod says otherwise")
+    assign_timeout_s: float = Field(30.0, gt=0, description="how long moving a fixed IP to another node may take")

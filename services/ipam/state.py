@@ -17,13 +17,31 @@ from schemas.records import (
     ClusterCidrPool,
     Eni,
     EniProvision,
+    FixedIp,
     NetResourceSet,
     NodeCidr,
     NodePool,
     NodeSpec,
+    PodInfo,
     RouteRule,
+    Subnet,
+    SubnetSpread,
 )
-from schemas.subjects import CIDR_POOL, ENDPOINTS, ENIS, NODE_CIDRS, NODES, POOLS, PROVISION, ROUTES
+from schemas.subjects import (
+    CIDR_POOL,
+    ENDPOINTS,
+    ENIS,
+    FIXED_IPS,
+    NODE_CIDRS,
+    NODES,
+    PODS,
+    POOLS,
+    PROVISION,
+    ROUTES,
+    SPREADS,
+    SUBNETS,
+)
+from services.ipam import spread
 from services.ipam.domain import NodeFacts
 
 T = TypeVar("T", bound=Contract)
@@ -104,6 +122,7 @@ class Stores:
     nodes: Store[NetResourceSet]
     pools: Store[NodePool]
     endpoints: Store[CceEndpoint]
+    fixed: Store[FixedIp]
 
 
 class IpamState:
@@ -120,10 +139,15 @@ class IpamState:
         self._locks: dict[str, asyncio.Lock] = {}
         self._nodes: KvCache[NetResourceSet] | None = None
         self._pools: KvCache[NodePool] | None = None
+        self._fixed: KvCache[FixedIp] | None = None
+        self._spreads: KvCache[SubnetSpread] | None = None  # PodSubnetTopologySpreads (k8s_bridge's)
+        self._subnets: KvCache[Subnet] | None = None  # eni_manager's mirror: a spread's subnets' free addresses
+        self.pods: Store[PodInfo] | None = None  # the pods' facts (k8s_bridge's), read on ADD when spreads exist
 
     @classmethod
     async def open(cls, proc: ServiceProcess) -> IpamState:
-        state = cls(Stores(await proc.store(NODES), await proc.store(POOLS), await proc.store(ENDPOINTS)))
+        state = cls(Stores(await proc.store(NODES), await proc.store(POOLS), await proc.store(ENDPOINTS),
+                           await proc.store(FIXED_IPS)))
         await state._watch(proc)
         return state
 
@@ -137,6 +161,18 @@ class IpamState:
             cache = await proc.cache(bucket, self._indexed_change(index))
             index.load(cache.items)
         self._cidr_pool = await proc.cache(CIDR_POOL)
+        self._fixed = await proc.cache(FIXED_IPS, self._fixed_change)
+        self._spreads = await proc.cache(SPREADS, self._spread_change)
+        self._subnets = await proc.cache(SUBNETS)
+        self.pods = await proc.store(PODS)
+
+    def _spread_change(self, _key: str, _item: Versioned[Any] | None) -> None:
+        for node in self.known_nodes():  # the ranges kept for spreads, and so every pool's demand, may change
+            self.touch(node)
+
+    def _fixed_change(self, _key: str, item: Versioned[Any] | None) -> None:
+        if item is not None:
+            self.touch(item.value.node)
 
     # ---- change notifications --------------------------------------------------------------------------------
 
@@ -177,8 +213,28 @@ class IpamState:
         assert self._nodes is not None and self._pools is not None
         return {v.name for v in self._nodes.values()} | {p.node for p in self._pools.values()}
 
+    def knows(self, node: str) -> bool:
+        """Whether the node has a record or a pool (`known_nodes` without building the set)."""
+        assert self._nodes is not None and self._pools is not None
+        key = node_key(node)
+        return key in self._nodes.items or key in self._pools.items
+
     def provision(self, node: str) -> EniProvision | None:
         return next(iter(self.provisions.of(node).values()), None)
+
+    def fixed_ips(self) -> dict[str, FixedIp]:
+        """Every fixed IP reservation, by key (`<namespace>.<name>`)."""
+        return {k: v.value for k, v in self._fixed.items.items()} if self._fixed else {}
+
+    def reserved_on(self, node: str) -> dict[str, FixedIp]:
+        """IP -> its reservation, for the reservations whose IP is on `node`."""
+        return {str(r.ip): r for r in self.fixed_ips().values() if r.node == node}
+
+    def spreads(self) -> list[SubnetSpread]:
+        return list(self._spreads.values()) if self._spreads else []
+
+    def subnets(self) -> dict[str, Subnet]:
+        return {k: v.value for k, v in self._subnets.items.items()} if self._subnets else {}
 
     def cidr_pool(self) -> ClusterCidrPool | None:
         return self._cidr_pool.get("config") if self._cidr_pool else None
@@ -186,4 +242,5 @@ class IpamState:
     def facts(self, node: str, spec: NodeSpec) -> NodeFacts:
         return NodeFacts(node=node, spec=spec, enis=tuple(self.enis.of(node).values()),
                          provision=self.provision(node), cidrs=tuple(self.node_cidrs.of(node).values()),
-                         routes=tuple(self.routes.of(node).values()), cidr_pool=self.cidr_pool())
+                         routes=tuple(self.routes.of(node).values()), cidr_pool=self.cidr_pool(),
+                         reserved=spread.reserved_ranges(self.spreads()))

@@ -5,6 +5,7 @@ Pure functions over plain numbers (and the node's spec for its quotas); `domain`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,12 +54,31 @@ def max_allocate(spec: NodeSpec) -> int:
     return spec.pool.max_allocate if spec.pool.max_allocate is not None else spec.max_pods
 
 
-def target_ips(used: int, pending: int, settings: PoolSettings, upper: int, cooling: int = 0) -> int:
-    """clamp(max(min_allocate, used + cooling + pending + pre_allocate), upper).
+def target_ips(used: int, pending: int, settings: PoolSettings, upper: int, cooling: int = 0, ahead: int = 0) -> int:
+    """clamp(max(min_allocate, used + cooling + pending + max(pre_allocate, ahead)), upper).
 
-    IPs cooling down count as used: they cannot be handed out yet, so `pre_allocate` free IPs need others."""
-    want = max(settings.min_allocate, used + cooling + pending + settings.pre_allocate)
+    IPs cooling down count as used: they cannot be handed out yet, so `pre_allocate` free IPs need others. `ahead`
+    is the look-ahead: what pods took recently (`lookahead`), so the refill comes before the pool runs dry."""
+    want = max(settings.min_allocate, used + cooling + pending + max(settings.pre_allocate, ahead))
     return max(0, min(want, upper))
+
+
+LOOKAHEAD_BATCH = 10  # the cloud's IPs per call: eni_manager rounds a refill up to it, above the look-ahead
+
+
+def decayed(count: float, elapsed_s: float, window_s: float) -> float:
+    """A decaying count of events `elapsed_s` later: about the events of the last `window_s` seconds."""
+    if window_s <= 0 or count <= 0:
+        return 0.0
+    return count * math.exp(-max(0.0, elapsed_s) / window_s)
+
+
+def lookahead(recent: float, settings: PoolSettings) -> int:
+    """Free IPs to keep for the pods to come: as many as came in the last window, at most what the release
+    handshake would not take back once a refill rounded up to a whole batch lands (the free IPs then stay within
+    pre_allocate + max_above_watermark)."""
+    cap = max(settings.pre_allocate, settings.pre_allocate + settings.max_above_watermark - (LOOKAHEAD_BATCH - 1))
+    return min(cap, math.ceil(recent - 1e-9)) if settings.lookahead_s > 0 else 0
 
 
 def burstable_target(target: int, eni_capacities: Iterable[int], per_eni: int) -> int:

@@ -20,16 +20,30 @@ from chassis.kv import KvCache
 from chassis.service import ServiceProcess, run
 from cloud.bce import BceSettings, BceVpcApi
 from cloud.port import VpcApi
-from schemas.subjects import ENDPOINTS, ENIS, K8S_BRIDGE, NODES, PODS, POOLS, PROVISION, SUBNETS, Bucket
+from schemas.subjects import (
+    ENDPOINTS,
+    ENIS,
+    FIXED_IPS,
+    K8S_BRIDGE,
+    NODES,
+    PODS,
+    POOLS,
+    PROVISION,
+    SPREADS,
+    SUBNETS,
+    Bucket,
+)
 from services.k8s_bridge.kube import Informer, KubeApi, Resource, api_client
 from services.k8s_bridge.kubeevents import SpamFilter
 from services.k8s_bridge.nodefacts import Defaults
 from services.k8s_bridge.nodesync import NODES_PATH, NodeSync, slim_node
-from services.k8s_bridge.podsync import PODS_PATH, PodSync, slim_pod
+from services.k8s_bridge.podsync import NAMESPACES_PATH, PODS_PATH, PodSync, slim_namespace, slim_pod
 from services.k8s_bridge.projection import KINDS
 from services.k8s_bridge.projector import Projector, Records, resource_of
 from services.k8s_bridge.recorder import BusEvents, EventRecorder
 from services.k8s_bridge.settings import BridgeSettings
+from services.k8s_bridge.spreads import SPREAD_KINDS
+from services.k8s_bridge.spreadsync import SpreadSync
 
 
 @dataclass
@@ -43,11 +57,13 @@ class Bridge:
     projector: Projector
     recorder: EventRecorder
     bus_events: BusEvents
+    spreads: SpreadSync
 
     def resync(self) -> None:
         self.nodes.resync()
         self.pods.resync()
         self.projector.resync()
+        self.spreads.resync()
 
     @property
     def synced(self) -> bool:
@@ -72,28 +88,40 @@ async def build(proc: ServiceProcess, cloud: VpcApi) -> Bridge:
     recorder = EventRecorder(api, SpamFilter(settings.event_burst, settings.event_refill_s), proc.id)
     defaults = Defaults(settings.default_mode, settings.default_max_pods, tuple(settings.default_subnet_ids),
                         tuple(settings.default_security_group_ids), settings.default_pool)
-    changes = {bucket.name: Fanout() for bucket in (NODES, POOLS, ENIS, PROVISION, SUBNETS, ENDPOINTS, PODS)}
+    changes = {bucket.name: Fanout() for bucket in (NODES, POOLS, ENIS, PROVISION, SUBNETS, ENDPOINTS, PODS,
+                                                    FIXED_IPS, SPREADS)}
 
     async def cache(bucket: Bucket) -> KvCache[Any]:
         return await proc.cache(bucket, changes[bucket.name])
 
-    node_records = await cache(NODES)
+    node_records, provisions = await cache(NODES), await cache(PROVISION)
     nodes = NodeSync(api, proc.bus, cloud, informer("nodes", Resource("nodes", NODES_PATH), slim_node), node_records,
                      recorder, defaults, gone_grace_s=settings.node_gone_grace_s,
-                     recheck_s=settings.instance_recheck_s, workers=settings.node_workers, wait_turn=wait_turn)
+                     recheck_s=settings.instance_recheck_s, workers=settings.node_workers, wait_turn=wait_turn,
+                     provisions=provisions)
     pods = PodSync(proc.bus, informer("pods", Resource("pods", PODS_PATH), slim_pod), await cache(PODS),
                    await cache(ENDPOINTS), proc.events, grace_s=settings.pod_gone_grace_s, wait_turn=wait_turn,
-                   is_leader=leader.is_set)
-    records = Records(node_records, await cache(POOLS), await cache(ENIS), await cache(PROVISION), pods.endpoints,
-                      await cache(SUBNETS))
+                   is_leader=leader.is_set,
+                   namespaces=informer("namespaces", Resource("namespaces", NAMESPACES_PATH), slim_namespace))
+    records = Records(node_records, await cache(POOLS), await cache(ENIS), provisions, pods.endpoints,
+                      await cache(SUBNETS), await cache(FIXED_IPS))
     projector = Projector(api, records, {k.kind: informer(k.plural, resource_of(k)) for k in KINDS},
                           interval_s=settings.projection_interval_s, wait_turn=wait_turn)
     for bucket, handler in ((NODES, nodes.on_record), (NODES, projector.on_node), (POOLS, projector.on_node),
                             (ENIS, projector.on_eni), (PROVISION, projector.on_provision),
+                            (PROVISION, nodes.on_provision),
+                            (FIXED_IPS, projector.on_fixed),
                             (SUBNETS, projector.on_subnet), (ENDPOINTS, projector.on_endpoint), (PODS, pods.on_record)):
         changes[bucket.name].handlers.append(handler)
+    spreads = SpreadSync(api, cloud, {k.kind: informer(k.plural, resource_of(k)) for k in SPREAD_KINDS},
+                         await cache(SPREADS), pods.endpoints, records.subnets, records.enis, recorder,
+                         interval_s=settings.projection_interval_s, wait_turn=wait_turn)
+    spread_handlers: tuple[tuple[Bucket, Callable[[str, Any], None]], ...] = (
+        (SPREADS, spreads.on_record), (ENDPOINTS, spreads.on_endpoint), (SUBNETS, spreads.on_subnet))
+    for bucket, on_change in spread_handlers:
+        changes[bucket.name].handlers.append(on_change)
     bus_events = BusEvents(proc.bus, recorder, nodes.node_uid, leader.is_set, leader.wait)
-    bridge = Bridge(api, informers, nodes, pods, projector, recorder, bus_events)
+    bridge = Bridge(api, informers, nodes, pods, projector, recorder, bus_events, spreads)
 
     async def elected() -> None:
         leader.set()
@@ -106,7 +134,8 @@ async def build(proc: ServiceProcess, cloud: VpcApi) -> Bridge:
         await inf.start()
     proc.health.add_check("kubernetes", lambda: (True, _informer_health(bridge)))
     for name, loop in (("node-sync", nodes.queue.run()), ("pod-sync", pods.queue.run()),
-                       ("projections", projector.queue.run()), ("pod-gone-gc", pods.run_gc(settings.gc_period_s)),
+                       ("projections", projector.queue.run()), ("spreads", spreads.queue.run()),
+                       ("pod-gone-gc", pods.run_gc(settings.gc_period_s)),
                        ("bus-events", bus_events.run()), ("resync", _periodic(bridge.resync,
                                                                               settings.resync_period_s))):
         proc.spawn(loop, name=name)

@@ -1,5 +1,6 @@
 """Node objects -> node registrations on the bus, and the node's network state back on the Node (a condition of
-ours, `CCENetworkReady`, and Events).
+ours, `CCENetworkReady`, and Events; `NetworkUnavailable`, our NoSchedule taint and the extended resources of
+`readiness.py`).
 
 - A Node that names a Baidu instance the cloud knows is registered (`cce.node.v1.register`), again whenever what it
   says changes or its record is gone from the bus.
@@ -24,30 +25,35 @@ from cloud.port import CloudInstance, VpcApi
 from schemas.base import from_subject_token, subject_token, utcnow
 from schemas.errors import CceError, ErrorReason
 from schemas.messages import NodeRegisterRequest, NodeRemoveRequest
-from schemas.records import NetResourceSet
+from schemas.records import EniProvision, NetResourceSet
 from schemas.subjects import NODE_REGISTER, NODE_REMOVE
-from services.k8s_bridge import nodefacts
-from services.k8s_bridge.kube import STRATEGIC_PATCH, Informer, Key, KubeApi, KubeError
+from services.k8s_bridge import nodefacts, readiness
+from services.k8s_bridge.kube import MERGE_PATCH, STRATEGIC_PATCH, Informer, Key, KubeApi, KubeError
 from services.k8s_bridge.kubeevents import InvolvedObject, KubeEvent
 from services.k8s_bridge.nodefacts import Defaults, NodeProblem
+from services.k8s_bridge.readiness import NodeNetwork
 from services.k8s_bridge.recorder import EventRecorder
 from services.k8s_bridge.workqueue import WorkQueue
 
 log = get_logger("k8s_bridge.nodes")
 
-CONDITION = "CCENetworkReady"
+CONDITION = readiness.READY_CONDITION
 NODES_PATH = "/api/v1/nodes"
 
 
 def slim_node(obj: dict[str, Any]) -> dict[str, Any]:
     """What the bridge reads of a Node (its status also lists every image on it: not kept)."""
     meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
     status = obj.get("status") or {}
+    ours = (readiness.IP_RESOURCE, readiness.ENI_RESOURCE)
     return {
         "metadata": {k: meta[k] for k in ("name", "uid", "resourceVersion", "labels", "annotations") if k in meta},
-        "spec": {"providerID": (obj.get("spec") or {}).get("providerID", "")},
+        "spec": {"providerID": spec.get("providerID", ""), "taints": list(spec.get("taints") or [])},
         "status": {"capacity": status.get("capacity") or {},
-                   "conditions": [c for c in status.get("conditions") or [] if c.get("type") == CONDITION]},
+                   "allocatable": {k: v for k, v in (status.get("allocatable") or {}).items() if k in ours},
+                   "conditions": [c for c in status.get("conditions") or []
+                                  if c.get("type") in readiness.CONDITIONS]},
     }
 
 
@@ -61,12 +67,14 @@ class NodeSync:
     def __init__(self, api: KubeApi, bus: Bus, cloud: VpcApi, informer: Informer,
                  records: KvCache[NetResourceSet], recorder: EventRecorder, defaults: Defaults, *,
                  gone_grace_s: float, recheck_s: float, workers: int,
-                 wait_turn: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 wait_turn: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic,
+                 provisions: KvCache[EniProvision] | None = None) -> None:
         self.api = api
         self.bus = bus
         self.cloud = cloud
         self.informer = informer
         self.records = records
+        self.provisions = provisions  # eni_manager's word on each node: why its pool cannot fill, when it cannot
         self.recorder = recorder
         self.defaults = defaults
         self.gone_grace_s = gone_grace_s
@@ -85,6 +93,9 @@ class NodeSync:
 
     def on_record(self, key: str, item: Versioned[NetResourceSet] | None) -> None:
         self.queue.add(from_subject_token(key))
+
+    def on_provision(self, key: str, item: Versioned[EniProvision] | None) -> None:
+        self.queue.add(key)
 
     def resync(self) -> None:
         self.queue.add_all({k[1] for k in self.informer.store} | {r.name for r in self.records.values()})
@@ -116,7 +127,8 @@ class NodeSync:
         request = nodefacts.registration(view, lookup.instance, self.defaults)
         if record is None or self.sent.get(name) != request:
             record = await self._register(request) or record
-        await self._set_condition(obj, *_readiness(record))
+        provision = self.provisions.get(name) if self.provisions is not None else None
+        await self._publish(obj, readiness.of_record(record, provision))
 
     async def _lookup(self, instance_id: str) -> Lookup:
         cached = self.lookups.get(instance_id)
@@ -170,33 +182,28 @@ class NodeSync:
         log.warning("Node cannot be registered", node=name, reason=problem.reason, problem=problem.message)
         await self.recorder.record(KubeEvent(InvolvedObject("Node", name, uid=obj["metadata"].get("uid", "")),
                                              "Warning", problem.reason, problem.message))
-        await self._set_condition(obj, False, problem.reason, problem.message)
+        await self._publish(obj, readiness.of_problem(problem.reason, problem.message))
 
-    async def _set_condition(self, obj: dict[str, Any], ok: bool, reason: str, message: str) -> None:
-        """Our condition on the Node, written only when it changes (strategic merge: others' stay as they are)."""
-        current: dict[str, Any] = next(iter(obj["status"]["conditions"]), {})
-        status = "True" if ok else "False"
-        if (current.get("status"), current.get("reason"), current.get("message")) == (status, reason, message):
-            return
-        now = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
-        since = current.get("lastTransitionTime") if current.get("status") == status else now
-        condition = {"type": CONDITION, "status": status, "reason": reason, "message": message,
-                     "lastHeartbeatTime": now, "lastTransitionTime": since or now}
+    async def _publish(self, obj: dict[str, Any], network: NodeNetwork) -> None:
+        """The node's network on its Node: conditions and extended resources in its status, our taint in its spec;
+        each written only when it changes (a status patch is a strategic merge: others' conditions stay)."""
         name = obj["metadata"]["name"]
+        now = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            await self.api.write("PATCH", f"{NODES_PATH}/{name}/status",
-                                 {"status": {"conditions": [condition]}}, STRATEGIC_PATCH)
+            patch = readiness.status_patch(obj["status"], network, now)
+            if patch is not None:
+                await self.api.write("PATCH", f"{NODES_PATH}/{name}/status", patch, STRATEGIC_PATCH)
+            taints = readiness.taints(obj["spec"].get("taints") or [], network.ready)
+            if taints is not None:
+                version = str(obj["metadata"].get("resourceVersion") or "")
+                await self.api.write("PATCH", f"{NODES_PATH}/{name}",
+                                     readiness.taints_patch(version, taints), MERGE_PATCH)
+                log.info("node taint " + ("lifted" if network.ready else "set"), node=name,
+                         taint=readiness.TAINT_KEY, reason=network.reason)
         except KubeError as err:
-            if not err.not_found:
-                raise
-
-
-def _readiness(record: NetResourceSet | None) -> tuple[bool, str, str]:
-    if record is None:
-        return False, "Registering", "the node is being registered with cce-network"
-    if record.status.ready:
-        return True, "PoolReady", f"{record.spec.mode.value}: the node's pool can give pods addresses"
-    failing = [c for c in record.status.conditions if not c.status]
-    if failing:
-        return False, failing[0].reason or "PoolNotReady", failing[0].message or "the node's pool is not ready"
-    return False, "PoolNotReady", f"{record.spec.mode.value}: the node's first resources are being provisioned"
+            if err.not_found:
+                return
+            if err.conflict:  # the Node changed since our copy: its watch event brings it back here
+                self.queue.add(name, 0.2)
+                return
+            raise

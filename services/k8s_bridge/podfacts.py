@@ -29,7 +29,20 @@ def network_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
             if k in ANNOTATION_KEYS or k.startswith(ANNOTATION_PREFIXES)}
 
 
-def pod_info(obj: Mapping[str, Any]) -> PodInfo | None:
+def namespace_annotations(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    """Ours of a Namespace's annotations (e.g. `cce.io/fixed-ip` for its StatefulSet pods)."""
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    return {k: str(v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIXES)}
+
+
+def namespace_labels(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    """A Namespace's labels (a ClusterPodSubnetTopologySpread selects namespaces by them)."""
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return {k: str(v) for k, v in labels.items()}
+
+
+def pod_info(obj: Mapping[str, Any], ns_annotations: Mapping[str, str] | None = None,
+             ns_labels: Mapping[str, str] | None = None) -> PodInfo | None:
     """The pod's record, or None for a pod not (yet) bound to a node, or whose fields we cannot use."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
@@ -43,7 +56,9 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo | None:
                        host_network=bool(spec.get("hostNetwork")),
                        annotations=network_annotations(meta.get("annotations") or {}),
                        labels={k: str(v) for k, v in (meta.get("labels") or {}).items()},
-                       deleting=bool(meta.get("deletionTimestamp")))
+                       deleting=bool(meta.get("deletionTimestamp")),
+                       namespace_annotations=dict(ns_annotations or {}),
+                       namespace_labels=dict(ns_labels or {}))
     except ValidationError:
         return None
 

@@ -22,12 +22,28 @@ from schemas.messages import ReleaseRequest
 from schemas.records import CceEndpoint, PodInfo
 from schemas.subjects import IPAM_RELEASE
 from services.k8s_bridge.kube import Informer, Key
-from services.k8s_bridge.podfacts import gone_endpoints, info_key, network_annotations, pod_info, pod_ref, same_facts
+from services.k8s_bridge.podfacts import (
+    gone_endpoints,
+    info_key,
+    namespace_annotations,
+    namespace_labels,
+    network_annotations,
+    pod_info,
+    pod_ref,
+    same_facts,
+)
 from services.k8s_bridge.workqueue import WorkQueue
 
 log = get_logger("k8s_bridge.pods")
 
 PODS_PATH = "/api/v1/pods"
+NAMESPACES_PATH = "/api/v1/namespaces"
+
+
+def slim_namespace(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name", ""), "resourceVersion": meta.get("resourceVersion", ""),
+                         "annotations": namespace_annotations(obj), "labels": namespace_labels(obj)}}
 
 
 def slim_pod(obj: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +59,8 @@ def slim_pod(obj: dict[str, Any]) -> dict[str, Any]:
 class PodSync:
     def __init__(self, bus: Bus, informer: Informer, records: KvCache[PodInfo], endpoints: KvCache[CceEndpoint],
                  events: EventPublisher, *, grace_s: float, wait_turn: Callable[[], Any] | None = None,
-                 is_leader: Callable[[], bool] = lambda: True, clock: Callable[[], datetime] = utcnow) -> None:
+                 is_leader: Callable[[], bool] = lambda: True, clock: Callable[[], datetime] = utcnow,
+                 namespaces: Informer | None = None) -> None:
         self.bus = bus
         self.informer = informer
         self.records = records
@@ -59,6 +76,9 @@ class PodSync:
         for record_key in records.items:
             self._index(record_key, True)
         informer.handlers.append(self._on_pod)
+        self.namespaces = namespaces  # their annotations of ours go into their pods' records
+        if namespaces is not None:
+            namespaces.handlers.append(self._on_namespace)
 
     def _index(self, record_key: str, present: bool) -> Key:
         _node, namespace, name = record_key.split(".", 2)
@@ -76,6 +96,10 @@ class PodSync:
     def _on_pod(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self.queue.add(key)
 
+    def _on_namespace(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if namespace_annotations(old) != namespace_annotations(new) or namespace_labels(old) != namespace_labels(new):
+            self.queue.add_all({k for k in self.informer.store if k[0] == key[1]})
+
     def on_record(self, key: str, item: Versioned[PodInfo] | None) -> None:
         self.queue.add(self._index(key, item is not None))
 
@@ -84,11 +108,12 @@ class PodSync:
 
     async def reconcile(self, key: Key) -> None:
         """Make the pod's records say what its object says: one record under its node, none elsewhere."""
-        if not self.informer.synced.is_set():
+        if not self.informer.synced.is_set() or (self.namespaces is not None and not self.namespaces.synced.is_set()):
             self.queue.add(key, 1.0)
             return
         obj = self.informer.store.get(key)
-        info = pod_info(obj) if obj is not None else None
+        space = self.namespaces.store.get(("", key[0])) if self.namespaces is not None else None
+        info = pod_info(obj, namespace_annotations(space), namespace_labels(space)) if obj is not None else None
         wanted = info_key(info) if info is not None else None
         for record_key in sorted(self.keys_of.get(key, ())):
             if record_key != wanted:

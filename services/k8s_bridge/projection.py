@@ -12,7 +12,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.records import CceEndpoint, Eni, EniProvision, EniState, NetResourceSet, NodePool, Subnet
+from schemas.records import (
+    AllocationType,
+    CceEndpoint,
+    Eni,
+    EniProvision,
+    EniState,
+    FixedIp,
+    NetResourceSet,
+    NodePool,
+    Subnet,
+)
 
 GROUP = "cce.io"
 VERSION = "v1"
@@ -131,15 +141,50 @@ def cep_name(ep: CceEndpoint) -> str:
     return f"{ep.pod}-{re.sub(r'[^a-z0-9.-]', '-', ep.ifname.lower())}"[:253].rstrip("-.")
 
 
-def ceps(endpoints: Iterable[CceEndpoint]) -> dict[ObjectKey, Desired]:
+def ceps(endpoints: Iterable[CceEndpoint], reservations: Iterable[FixedIp] = ()) -> dict[ObjectKey, Desired]:
     """One resource per pod interface; when a pod has endpoints of two sandboxes (the old one not yet released),
-    the newest shows."""
+    the newest shows. A fixed IP whose pod is gone shows as its pod's resource too, `reserved`, until released."""
     newest: dict[ObjectKey, CceEndpoint] = {}
     for ep in endpoints:
         key = (ep.namespace, cep_name(ep))
         if key not in newest or (ep.created_at, ep.container_id) > (newest[key].created_at, newest[key].container_id):
             newest[key] = ep
-    return {key: cep(ep) for key, ep in newest.items()}
+    out = {key: cep(ep) for key, ep in newest.items()}
+    for r in reservations:
+        if (r.namespace, r.name) not in out:
+            out[(r.namespace, r.name)] = reserved_cep(r)
+    return out
+
+
+def ttl_text(seconds: float | None) -> str | None:
+    """`168h`, `30m`, `90s` (as the annotation says it), None for none."""
+    if seconds is None:
+        return None
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _fixed(ep: CceEndpoint) -> dict[str, Any]:
+    if ep.allocation_type is not AllocationType.FIXED:
+        return {"allocationType": ep.allocation_type.value}
+    return _drop_none({"allocationType": ep.allocation_type.value,
+                       "releaseStrategy": ep.release_strategy.value if ep.release_strategy else None,
+                       "releaseTTL": ttl_text(ep.release_ttl_s)})
+
+
+def reserved_cep(r: FixedIp) -> Desired:
+    """A fixed IP waiting for its pod: where it is, and when it goes."""
+    spec = _drop_none({"node": r.node, "podUID": r.pod_uid or None, "mode": "vpc-eni", "owner": r.owner or None})
+    status = _drop_none({
+        "state": "reserved", "ip": str(r.ip), "eniId": r.eni_id,
+        "addresses": [{"ip": str(r.ip), "subnetId": r.subnet_id, "eniId": r.eni_id, "subnetCIDR": str(r.subnet_cidr)}],
+        "allocationType": AllocationType.FIXED.value, "releaseStrategy": r.release_strategy.value,
+        "releaseTTL": ttl_text(r.ttl_s), "idleSince": _time(r.idle_since), "releaseAt": _time(r.release_at),
+        "createdAt": _time(r.created_at),
+    })
+    return Desired(CEP, r.namespace, r.name, spec, status)
 
 
 def cep(ep: CceEndpoint) -> Desired:
@@ -156,6 +201,9 @@ def cep(ep: CceEndpoint) -> Desired:
                       for a in ep.addresses],
         "hostVeth": ep.host_veth or None,
         "createdAt": _time(ep.created_at),
+        "bandwidth": _drop_none({"ingressBps": ep.bandwidth.ingress_bps, "egressBps": ep.bandwidth.egress_bps})
+        if ep.bandwidth else None,
+        **_fixed(ep),
     })
     return Desired(CEP, ep.namespace, cep_name(ep), spec, status)
 

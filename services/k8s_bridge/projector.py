@@ -12,7 +12,8 @@ from typing import Any
 from chassis.kv import KvCache, Versioned
 from chassis.logs import get_logger
 from schemas.base import from_subject_token, subject_token
-from schemas.records import CceEndpoint, Eni, EniProvision, NetResourceSet, NodePool, Subnet
+from schemas.records import CceEndpoint, Eni, EniProvision, FixedIp, NetResourceSet, NodePool, Subnet
+from schemas.subjects import fixed_ip_key
 from services.k8s_bridge import projection
 from services.k8s_bridge.kube import MERGE_PATCH, Informer, Key, KubeApi, KubeError, Resource
 from services.k8s_bridge.projection import CEP, KINDS, NRS, SBN, Desired, Kind, ObjectKey, merge_patch
@@ -42,6 +43,7 @@ class Records:
     provision: KvCache[EniProvision]
     endpoints: KvCache[CceEndpoint]
     subnets: KvCache[Subnet]
+    fixed: KvCache[FixedIp] | None = None  # fixed IPs: a reserved one whose pod is gone shows as the pod's cep
     eni_node: dict[str, str] = field(default_factory=dict)  # ENI id -> node
     node_enis: dict[str, set[str]] = field(default_factory=dict)  # node -> ENI ids
     endpoint_cep: dict[str, ObjectKey] = field(default_factory=dict)  # endpoint key -> (namespace, cep name)
@@ -82,7 +84,8 @@ class Records:
         if kind == CEP.kind:
             eps = [e for e in (self.endpoints.get(k) for k in self.cep_endpoints.get((namespace, name), ()))
                    if e is not None]
-            return projection.ceps(eps).get((namespace, name))
+            reserved = self.fixed.get(fixed_ip_key(namespace, name)) if self.fixed is not None else None
+            return projection.ceps(eps, [reserved] if reserved else []).get((namespace, name))
         subnet = self.subnets.get(name)
         return projection.sbn(subnet) if subnet is not None else None
 
@@ -126,6 +129,10 @@ class Projector:
         for namespace, name in self.records.index_endpoint(key, item.value if item else None):
             self.queue.add((CEP.kind, namespace, name))
 
+    def on_fixed(self, key: str, _item: Versioned[FixedIp] | None) -> None:
+        namespace, name = key.split(".", 1)
+        self.queue.add((CEP.kind, namespace, name))
+
     def on_subnet(self, key: str, _item: Versioned[Subnet] | None) -> None:
         self.queue.add((SBN.kind, "", key))
 
@@ -134,6 +141,9 @@ class Projector:
         work: set[Work] = {(NRS.kind, "", from_subject_token(k)) for k in r.nodes.items}
         work |= {(CEP.kind, ns, name) for ns, name in r.cep_endpoints}
         work |= {(SBN.kind, "", k) for k in r.subnets.items}
+        for key in r.fixed.items if r.fixed is not None else {}:
+            namespace, name = key.split(".", 1)
+            work.add((CEP.kind, namespace, name))
         for kind, informer in self.informers.items():
             work |= {(kind, *key) for key in informer.store}
         self.queue.add_all(work)

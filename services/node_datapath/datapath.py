@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from prometheus_client import Counter
+
 from chassis import netns
 from chassis.logs import get_logger
 from chassis.netns import NetnsError
@@ -55,8 +57,20 @@ from services.node_datapath.domain import (
 )
 from services.node_datapath.exclusive import ExclusiveEnis
 from services.node_datapath.netlink import Kernel
+from services.node_datapath.shaping import (
+    ShapingWant,
+    ifb_alias,
+    ifb_name,
+    plan_shaping,
+    shaped_wants,
+    shaping_want,
+    stale_ifbs,
+)
 
 R = TypeVar("R", SetupRequest, CheckRequest)
+RESYNCS = Counter("cce_datapath_resyncs_total", "resync passes over the node (on a period and after record changes)")
+RESYNC_REPAIRS = Counter("cce_datapath_resync_repairs_total", "what resync passes changed on the node: ENI links and "
+                         "tables configured, pods' host side repaired, stale links, rules and routes removed")
 
 log = get_logger("node_datapath")
 
@@ -141,6 +155,8 @@ class NodeDatapath:
         async with self.named_lock(want.veth):
             try:
                 changes = await self.kernel.setup_pod(want, req.netns)
+                if req.endpoint.bandwidth is not None:
+                    changes += await self.shape(shaping_want(want.key, want.veth, req.endpoint.bandwidth))
             except NetnsError as exc:
                 raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
             self.recent[want.veth] = self.clock()
@@ -165,7 +181,19 @@ class NodeDatapath:
         except NetnsError as exc:
             raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
         problems = check_pod(want, node, pod)
+        if req.endpoint.bandwidth is not None:
+            shaping = shaping_want(want.key, want.veth, req.endpoint.bandwidth)
+            state = await self.kernel.tc_state(shaping.veth, shaping.ifb)
+            problems += plan_shaping(shaping, state).problems() if state.veth is not None else []
         return CheckReply(ok=not problems, problems=problems)
+
+    async def shape(self, want: ShapingWant) -> list[str]:
+        """Bring the pod's bandwidth limits (tc on its host veth and ifb) to what its endpoint says."""
+        state = await self.kernel.tc_state(want.veth, want.ifb)
+        if state.veth is None:
+            return []
+        plan = plan_shaping(want, state)
+        return [] if plan.empty else await self.kernel.apply_shaping(plan, state.veth.index)
 
     async def teardown(self, req: TeardownRequest) -> TeardownReply:
         """Remove what is left of a pod interface; succeeds when nothing is (netns gone, endpoint unknown)."""
@@ -201,6 +229,9 @@ class NodeDatapath:
                     if await self.kernel.delete_link(veth):
                         removed.append(f"host veth {veth.name} (with its routes and neighbours)")
                 self.recent.pop(veth.name, None)
+            veth_name = want.veth if want is not None else veth.name if veth is not None else None
+            if veth_name is not None and await self.kernel.delete_ifb(ifb_name(veth_name), ifb_alias(key)):
+                removed.append(f"ifb {ifb_name(veth_name)} (its egress limit)")
         except NetnsError as exc:
             raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
         self._torn_down[key] = self.clock()
@@ -410,16 +441,25 @@ class NodeDatapath:
             tidied, orphans = await self.exclusive.sync(state)
             changes += tidied
             live: dict[str, PodWant] = {}
+            shaped: dict[str, ShapingWant] = {}
             for ep in live_endpoints(self.records.endpoints(), self.node):
                 with contextlib.suppress(PlanError):
                     want = pod_want(ep, self.records.enis())
                     live[want.key] = want
+                    if ep.bandwidth is not None:
+                        shaped[want.key] = shaping_want(want.key, want.veth, ep.bandwidth)
             for want in live.values():
                 veth = state.link(want.veth)
                 if veth is not None and veth.alias == want.alias:
                     changes += await self.kernel.repair_host(plan_host(want, veth, state))
+                    if want.key in shaped:
+                        async with self.named_lock(want.veth):
+                            changes += await self.shape(shaped[want.key])
+            orphans += stale_ifbs(state, shaped_wants(shaped.values()))
             changes += await self._collect(state, live, {eni_table(e.index) for e in enis}, orphans)
             self.resyncs += 1
+            RESYNCS.inc()
+            RESYNC_REPAIRS.inc(len(changes))
             if changes:
                 log.info("resync changed the node", changes=changes)
             return changes

@@ -10,6 +10,7 @@ dump per socket at a time). pyroute2 is imported lazily.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,8 +38,14 @@ from services.node_datapath.domain import (
     host_cidr,
     normalize_cidr,
 )
+from services.node_datapath.shaping import LATENCY_US, Qdisc, ShapingPlan, Tbf, TcState
 
 NUD_PERMANENT = 0x80
+TC_H_ROOT = 0xFFFFFFFF
+INGRESS_HANDLE = 0xFFFF0000
+TBF_HANDLE = 0x10000
+ETH_P_ALL = 0x0003
+_TC_GONE = GONE | {errno.EINVAL}  # deleting a qdisc that is not there: EINVAL or ENOENT depending on the kind
 RTN_UNICAST = 1
 LOOPBACK_INDEX = 1  # lo is index 1 in every network namespace
 _NUD_SKIP = 0x20 | 0x40  # NUD_NOARP, NUD_NONE... entries the kernel keeps for itself
@@ -376,6 +383,92 @@ class Kernel:
             changes.append(f"add {rule.describe()}")
         return changes
 
+    # -- bandwidth (tc) -----------------------------------------------------------------------------------------
+
+    async def tc_state(self, veth: str, ifb: str) -> TcState:
+        """The pod's veth (root and ingress qdiscs, where its ingress redirects to) and its ifb (root qdisc)."""
+        async with self._sockets() as (ipr,):
+            link = await self._link(ipr, veth)
+            dev = await self._link(ipr, ifb)
+            if link is None:
+                return TcState(None, ifb=dev)
+            root, ingress, redirect = await self._qdiscs(ipr, link.index)
+            ifb_root = (await self._qdiscs(ipr, dev.index))[0] if dev is not None else None
+            return TcState(link, root, ingress, redirect, dev, ifb_root)
+
+    async def _qdiscs(self, ipr: Any, index: int) -> tuple[Qdisc | None, bool, int | None]:
+        """A link's root qdisc (None: the default), whether it has an ingress qdisc, and its redirect target."""
+        root: Qdisc | None = None
+        ingress = False
+        for q in await netns.dump(f"list qdiscs of link {index}", lambda: ipr.get_qdiscs(index=index)):
+            if q["parent"] == TC_H_ROOT and q.get("kind") == "tbf":
+                params = dict((q.get_attr("TCA_OPTIONS") or {}).get("attrs") or []).get("TCA_TBF_PARMS") or {}
+                root = Qdisc("tbf", int(params.get("rate", 0)) or None)
+            elif q["parent"] == TC_H_ROOT and q.get("kind") not in ("noqueue", "noop", None):
+                root = Qdisc(str(q.get("kind")))
+            elif q["handle"] == INGRESS_HANDLE:
+                ingress = True
+        redirect = None
+        if ingress:
+            filters = await netns.dump(f"list ingress filters of link {index}",
+                                       lambda: ipr.get_filters(index=index, parent=INGRESS_HANDLE))
+            redirect = next((t for t in map(_redirect_target, filters) if t is not None), None)
+        return root, ingress, redirect
+
+    async def apply_shaping(self, plan: ShapingPlan, veth_index: int) -> list[str]:
+        """Execute a shaping plan on the pod's veth (by index) and its ifb. "Already gone" is success."""
+        want = plan.want
+        changes: list[str] = []
+        async with self._sockets() as (ipr,):
+            if plan.create_ifb:
+                await netns.nl(f"create ifb {want.ifb}", ipr.link("add", ifname=want.ifb, kind="ifb"), ok=EXISTS)
+                changes.append(f"create ifb {want.ifb}")
+            ifb = await self._link(ipr, want.ifb) if (plan.create_ifb or plan.ifb_up or plan.set_ifb_root
+                                                      or plan.redirect) else None
+            if ifb is not None and (plan.create_ifb or plan.ifb_up):
+                await netns.nl(f"set ifb {want.ifb} up",
+                               ipr.link("set", index=ifb.index, state="up", ifalias=want.alias))
+            if ifb is not None and plan.set_ifb_root is not None:
+                await self._tbf(ipr, ifb.index, want.ifb, plan.set_ifb_root)
+                changes.append(f"{want.ifb} root {plan.set_ifb_root.describe}")
+            if plan.redirect or plan.clear_ingress:
+                await netns.nl(f"delete the ingress qdisc of {want.veth}",
+                               ipr.tc("del", "ingress", index=veth_index, handle=INGRESS_HANDLE), ok=_TC_GONE)
+            if plan.redirect and ifb is not None:
+                await netns.nl(f"add an ingress qdisc to {want.veth}",
+                               ipr.tc("add", "ingress", index=veth_index, handle=INGRESS_HANDLE))
+                await netns.nl(f"redirect {want.veth} ingress to {want.ifb}",
+                               ipr.tc("add-filter", "u32", index=veth_index, parent=INGRESS_HANDLE, prio=1,
+                                      protocol=ETH_P_ALL, keys=["0x0/0x0+0"], target=0x10000,
+                                      action=[{"kind": "mirred", "direction": "egress", "action": "redirect",
+                                               "ifindex": ifb.index}]))
+                changes.append(f"redirect {want.veth} ingress to {want.ifb}")
+            elif plan.clear_ingress:
+                changes.append(f"remove the ingress redirect of {want.veth}")
+            if plan.set_root is not None:
+                await self._tbf(ipr, veth_index, want.veth, plan.set_root)
+                changes.append(f"{want.veth} root {plan.set_root.describe}")
+            if plan.clear_root:
+                await netns.nl(f"delete the root qdisc of {want.veth}",
+                               ipr.tc("del", index=veth_index, root=True), ok=_TC_GONE)
+                changes.append(f"remove the root qdisc of {want.veth}")
+        if plan.delete_ifb and await self.delete_ifb(want.ifb, want.alias):
+            changes.append(f"delete ifb {want.ifb}")
+        return changes
+
+    async def _tbf(self, ipr: Any, index: int, name: str, tbf: Tbf) -> None:
+        await netns.nl(f"{name} root {tbf.describe}",
+                       ipr.tc("replace", "tbf", index=index, handle=TBF_HANDLE, rate=tbf.rate, burst=tbf.burst,
+                              latency=LATENCY_US))
+
+    async def delete_ifb(self, name: str, alias: str | None = None) -> bool:
+        """Delete a pod's ifb by name (only if it carries `alias`, when given); False when there was none."""
+        async with self._sockets() as (ipr,):
+            link = await self._link(ipr, name)
+            if link is None or link.kind != "ifb" or (alias is not None and link.alias != alias):
+                return False
+            return await netns.nl(f"delete ifb {name}", _mark(ipr.link("del", index=link.index)), ok=GONE) is not None
+
     # -- removal ------------------------------------------------------------------------------------------------
 
     async def delete_link(self, link: Link) -> bool:
@@ -412,6 +505,18 @@ class Kernel:
     async def _link(self, ipr: Any, name: str, where: str = "") -> Link | None:
         msgs = await netns.nl(f"look up {name} in {where or self.where}", ipr.link("get", ifname=name), ok=GONE)
         return netns.link_of(msgs[0]) if msgs else None
+
+
+def _redirect_target(msg: Any) -> int | None:
+    """The ifindex a u32 filter's mirred action redirects to, if it has one."""
+    options = dict((msg.get_attr("TCA_OPTIONS") or {}).get("attrs") or [])
+    acts = (options.get("TCA_U32_ACT") or {}).get("attrs") or []
+    for _prio, act in acts:
+        act_attrs = dict(act.get("attrs") or [])
+        parms = dict((act_attrs.get("TCA_ACT_OPTIONS") or {}).get("attrs") or []).get("TCA_MIRRED_PARMS")
+        if act_attrs.get("TCA_ACT_KIND") == "mirred" and parms:
+            return int(parms["ifindex"])
+    return None
 
 
 async def _mark(aw: Awaitable[Any]) -> bool:

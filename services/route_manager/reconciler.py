@@ -21,7 +21,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from chassis.events import EventPublisher
 from chassis.kv import KvCache, Store
@@ -49,6 +49,13 @@ log = get_logger("route_manager.reconciler")
 
 ROUND_SECONDS = Histogram("cce_route_round_seconds", "one route_manager round: CIDRs, releases, route sync",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+SYNC_ROUNDS = Counter("cce_route_sync_rounds_total", "route_manager rounds (CIDRs, releases, route sync) by outcome: "
+                      "ok or failed (retried after a back-off)", ["outcome"])
+REPAIRED = Counter("cce_route_rules_repaired_total", "VPC route rules changed to match the records: created (missing) "
+                   "or deleted (stale rules of ours)", ["action"])
+RULE_FAILURES = Counter("cce_route_rule_failures_total", "route rules a sync could not create or delete")
+CONFLICTS = Gauge("cce_route_conflicts", "destinations of ours held by a rule with another next hop or owner, as "
+                  "the leader's last sync found them (0 on a standby)")
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 POOL_KEY = "config"
 
@@ -127,6 +134,7 @@ class RouteManager:
             await self._loop()
         finally:
             self.leading = False
+            CONFLICTS.set(0)
 
     async def _loop(self) -> None:
         failures = 0
@@ -147,6 +155,7 @@ class RouteManager:
                                           message=str(err))
                 raise
             except Exception as err:  # a failed round is retried after a back-off; the leader keeps leading
+                SYNC_ROUNDS.labels("failed").inc()
                 delay = min(self.settings.retry_backoff_s * 2 ** failures, self.settings.resync_period_s)
                 failures += 1
                 log.warning("route round failed", error=repr(err), retry_in=delay)
@@ -174,6 +183,11 @@ class RouteManager:
         await self._give_back(result)
         took = asyncio.get_running_loop().time() - started
         ROUND_SECONDS.observe(took)
+        SYNC_ROUNDS.labels("ok").inc()
+        REPAIRED.labels("created").inc(len(result.created))
+        REPAIRED.labels("deleted").inc(len(result.deleted))
+        RULE_FAILURES.inc(len(result.failed))
+        CONFLICTS.set(len(result.diff.conflicts))
         self.rounds += 1
         if result.created or result.deleted or result.failed:
             log.info("route round", took_ms=round(took * 1000, 1), rules=len(result.listing),

@@ -118,8 +118,9 @@ class SimAdmin:
         return FaultConfig.model_validate(await self.request("PUT", "/admin/faults", config.model_dump(mode="json")))
 
     async def fail_next(self, api: str, count: int = 1, code: str = "InternalError",
-                        status: int = 500) -> FaultConfig:
-        entry = FailNext(api=api, count=count, code=code, status=status)
+                        status: int = 500, body: str | None = None) -> FaultConfig:
+        """`body`: answer exactly this (a malformed reply) instead of the coded error."""
+        entry = FailNext(api=api, count=count, code=code, status=status, body=body)
         return FaultConfig.model_validate(await self.request("POST", "/admin/faults/fail-next",
                                                              entry.model_dump(mode="json")))
 

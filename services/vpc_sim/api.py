@@ -85,6 +85,14 @@ def reply(body: Any, request_id: str, status: int = 200) -> web.Response:
     return resp
 
 
+def raw_reply(body: str, status: int, request_id: str) -> web.Response:
+    """An injected malformed reply: the body as given, labelled JSON as BCE's replies are."""
+    resp = web.Response(body=body.encode(), status=status, content_type="application/json",
+                        headers={REQUEST_ID_HEADER: request_id})
+    resp.force_close()
+    return resp
+
+
 def error_reply(code: str, status: int, message: str, request_id: str | None = None) -> web.Response:
     request_id = request_id or str(uuid.uuid4())
     return reply({"code": code, "message": message, "requestId": request_id}, request_id, status)
@@ -132,6 +140,9 @@ class SimApp:
             self.authenticate(request)
             await asyncio.sleep(self.injector.latency_s(api))
             fault = self.injector.check(api)
+            if fault is not None and fault.body is not None:
+                code = fault.code
+                return raw_reply(fault.body, fault.status, request_id)
             if fault is not None:
                 raise CloudFault(fault.code, fault.status, fault.message)
             body = parse_json_object(await request.read()) if request.method in ("POST", "PUT") else {}

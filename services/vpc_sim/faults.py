@@ -63,19 +63,28 @@ class RateLimitSpec(BaseModel):
 
 
 class FailNext(BaseModel):
-    """The next ``count`` calls of ``api`` fail with ``status`` and error ``code``."""
+    """The next ``count`` calls of ``api`` fail with ``status`` and error ``code``; with ``body``, they are answered
+    with ``status`` and exactly that body instead (a malformed reply: broken JSON, missing fields, an HTML 5xx
+    page; then any status from 200 goes, so a "successful" reply can be the broken one)."""
 
     model_config = ConfigDict(extra="forbid")
 
     api: str
     count: int = Field(ge=1)
     code: str = Field(min_length=1)
-    status: int = Field(ge=400, le=599)
+    status: int = Field(ge=200, le=599)
+    body: str | None = Field(None, max_length=1 << 20)
 
     @field_validator("api")
     @classmethod
     def _known_api(cls, value: str) -> str:
         return _check_api(value)
+
+    @model_validator(mode="after")
+    def _error_status_unless_raw(self) -> FailNext:
+        if self.body is None and self.status < 400:
+            raise ValueError(f"status {self.status} is not an error: give a body to answer a malformed reply")
+        return self
 
 
 class FaultConfig(BaseModel):
@@ -144,6 +153,7 @@ class Fault:
     code: str
     status: int
     message: str
+    body: str | None = None  # answered as it is instead of the coded JSON error
 
 
 def sample_latency_s(spec: LatencySpec, rng: random.Random) -> float:
@@ -207,7 +217,7 @@ class FaultInjector:
                 entry.count -= 1
                 if entry.count == 0:
                     del self._fail_next[index]
-                return Fault(entry.code, entry.status, f"injected failure for {api}")
+                return Fault(entry.code, entry.status, f"injected failure for {api}", entry.body)
         bucket = self._buckets.get(api)
         if bucket is not None and not bucket.try_take():
             return Fault("RateLimit", 429, f"request rate limit exceeded for {api}")

@@ -18,7 +18,7 @@ from services.vpc_sim.api import Call, SimApp, error_reply, model_json, reply
 from services.vpc_sim.bodies import describe_validation_error, parse_json_object
 from services.vpc_sim.faults import FailNext, FaultConfig
 from services.vpc_sim.model import CloudFault, Code
-from services.vpc_sim.views import instance_view, subnet_view
+from services.vpc_sim.views import eni_view, instance_view, subnet_view
 
 
 class AdminRoutes:
@@ -36,6 +36,7 @@ class AdminRoutes:
             "routeTableIds": sorted(cloud.route_tables),
             "subnets": [subnet_view(s) for s in cloud.list_subnets()],
             "instances": [instance_view(cloud, i) for _, i in sorted(cloud.instances.items())],
+            "enis": [eni_view(cloud, e) for _, e in sorted(cloud.enis.items())],  # every ENI, faults or not
             "settings": self.settings_view(), "fabric": sim.fabric_info(),
         }
 

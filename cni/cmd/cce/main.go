@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -72,6 +73,9 @@ func replayStdin(data []byte) error {
 }
 
 func add(args *skel.CmdArgs) error {
+	if err := notPluginNetns(args); err != nil {
+		return err
+	}
 	result, err := gateway.Forward("ADD", args.StdinData, gateway.Env(os.LookupEnv))
 	if err != nil {
 		return err
@@ -82,9 +86,31 @@ func add(args *skel.CmdArgs) error {
 	return nil
 }
 
+// notPluginNetns refuses, before anything is done, the pod netns skel refuses only after ADD or DEL ran (its check
+// comes after the command: the pod was set up, its result printed, then an error printed after it): the plugin's own
+// netns, unless CNI_NETNS_OVERRIDE says it is meant. A netns that cannot be opened is the gateway's to judge.
+func notPluginNetns(args *skel.CmdArgs) error {
+	if strings.ToUpper(args.NetnsOverride) == "TRUE" || args.NetnsOverride == "1" {
+		return nil
+	}
+	own, err := ns.CheckNetNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	if own {
+		return types.NewError(types.ErrInvalidNetNS, "plugin's netns and netns from CNI_NETNS should not be the same", "")
+	}
+	return nil
+}
+
 // forward runs a command whose success prints nothing.
 func forward(command string) func(*skel.CmdArgs) error {
 	return func(args *skel.CmdArgs) error {
+		if command == "DEL" {
+			if err := notPluginNetns(args); err != nil {
+				return err
+			}
+		}
 		if _, err := gateway.Forward(command, args.StdinData, gateway.Env(os.LookupEnv)); err != nil {
 			return err
 		}

@@ -154,7 +154,9 @@ func describe(err error) string {
 func interpret(data []byte) (json.RawMessage, *types.Error) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
-		return nil, types.NewError(types.ErrIOFailure, "the cni gateway closed the connection without a reply", "")
+		// the gateway went away mid-request (killed, restarting): retryable, and coded as such
+		return nil, types.NewError(types.ErrIOFailure,
+			"ServiceUnavailable: the cni gateway closed the connection without a reply", "ServiceUnavailable")
 	}
 	var reply map[string]json.RawMessage
 	if err := json.Unmarshal(data, &reply); err != nil {
