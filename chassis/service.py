@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from chassis import tracing
@@ -176,9 +176,7 @@ class ServiceProcess:
         log.info("shutting down", in_flight=self._rpc.in_flight if self._rpc else 0)
         if self._rpc is not None:
             await self._rpc.stop(self.settings.shutdown_grace_s)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         for cache in self._caches:
             await cache.stop()
         if self.elector is not None:
@@ -189,6 +187,20 @@ class ServiceProcess:
             await self._bus.close()
         await self.health.stop()
         log.info("stopped")
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], again_after_s: float = 1.0) -> None:
+    """Cancel the tasks and wait for them to end, cancelling again those still running every `again_after_s`: a
+    cancellation can be lost (Python 3.11's `wait_for`, inside the NATS client, returns a result that arrived as it
+    was cancelled), and a loop that lost it would otherwise keep the process from stopping."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=again_after_s)
+        for task in done:  # their outcome is taken (as gather would), so none is reported as never retrieved
+            if not task.cancelled():
+                task.exception()
 
 
 async def serve(

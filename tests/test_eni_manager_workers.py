@@ -4,6 +4,7 @@ loop with a scripted round function."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -49,3 +50,22 @@ async def test_after_a_success_rounds_resync_only_when_asked() -> None:
     script = Script([True])
     await run_until_done(script, first_resync=False)
     assert script.calls == [False]
+
+
+async def test_stop_ends_the_worker_even_when_the_round_in_flight_loses_the_cancellation() -> None:
+    """Python 3.11's wait_for (inside the NATS client) can return a result that arrived as it was cancelled: the
+    round then returns normally. The worker must still end, not wait for a kick that never comes."""
+    started = asyncio.Event()
+
+    async def swallowing_round(node: str, resync: bool) -> bool:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as a wait_for whose awaitable finished at that moment
+            await asyncio.sleep(30)
+        return True
+
+    worker = NodeWorker("node-1", swallowing_round, backoff_s=0.01, backoff_max_s=0.05)
+    worker.start()
+    worker.kick()
+    await started.wait()
+    await asyncio.wait_for(worker.stop(), 10)  # the bound only turns a hang into a failure
+    assert worker.task is not None and worker.task.done()

@@ -28,6 +28,7 @@ class NodeWorker:
         self._kicked = asyncio.Event()
         self._resync = False
         self._retry: asyncio.TimerHandle | None = None
+        self._stopping = False
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -44,15 +45,22 @@ class NodeWorker:
         self._retry = asyncio.get_running_loop().call_later(delay_s, self.kick)
 
     async def stop(self) -> None:
+        """Ends the worker, a round in flight included. A cancellation can be lost on the way (Python 3.11's
+        `wait_for`, used by the NATS client, returns the result when its awaitable finishes as it is cancelled), so
+        the loop also ends on its own once the round returns, and stop waits for that."""
+        self._stopping = True
         if self._retry is not None:
             self._retry.cancel()
         if self.task is not None:
+            self._kicked.set()
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._kicked.wait()
+            if self._stopping:
+                return
             self._kicked.clear()
             resync, self._resync = self._resync, False
             try:
