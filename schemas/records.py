@@ -363,6 +363,16 @@ class RouteRule(Contract):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class InstanceClaim(Contract):
+    """Key: the instance id. Which node the instance is registered as, written by ipam by compare-and-set before
+    the node's record: one instance is one node (two records on one instance would share, and on removal delete,
+    each other's ENIs). A claim whose node record is gone or names another instance is stale and taken over."""
+
+    instance_id: CloudId
+    node: NodeName
+    claimed_at: datetime = Field(default_factory=utcnow)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Leader election lease: one key per single-active service.
 

@@ -35,6 +35,7 @@ from schemas.records import (
     EniOnNode,
     EniProvision,
     FixedIp,
+    InstanceClaim,
     Lease,
     NetResourceSet,
     NodeCidr,
@@ -235,6 +236,7 @@ CIDR_POOL = Bucket("cce_cidr_pool", ClusterCidrPool, ROUTE_MANAGER, "config", re
 NODE_CIDRS = Bucket("cce_node_cidrs", NodeCidr, ROUTE_MANAGER, "<cidr with / as _>", readers=(IPAM,))
 ROUTES = Bucket("cce_routes", RouteRule, ROUTE_MANAGER, "<destination with / as _>", readers=(IPAM,))
 LEASES = Bucket("cce_leases", Lease, "*", "<service>")
+INSTANCES = Bucket("cce_instances", InstanceClaim, IPAM, "<instance_id>")
 POOLS = Bucket("cce_pools", NodePool, IPAM, "<node>", readers=(ENI_MANAGER, ROUTE_MANAGER, K8S_BRIDGE))
 PROVISION = Bucket("cce_provision", EniProvision, ENI_MANAGER, "<node>", readers=(IPAM, K8S_BRIDGE))
 PODS = Bucket("cce_pods", PodInfo, K8S_BRIDGE, "<node>.<namespace>.<name>", readers=(CNI_GATEWAY, IPAM),
@@ -247,7 +249,7 @@ LEASE_KEYS: dict[str, str] = {IPAM: "ipam-maintenance", ENI_MANAGER: ENI_MANAGER
                               K8S_BRIDGE: K8S_BRIDGE}
 
 BUCKETS: tuple[Bucket, ...] = (NODES, ENDPOINTS, POOLS, ENIS, ENI_ON_NODE, PROVISION, SUBNETS, CIDR_POOL, NODE_CIDRS,
-                               ROUTES, LEASES, PODS, FIXED_IPS, SPREADS)
+                               ROUTES, LEASES, PODS, FIXED_IPS, SPREADS, INSTANCES)
 
 
 def endpoint_key(node: str, container_id: str, ifname: str) -> str:

@@ -183,6 +183,32 @@ async def test_registering_twice_is_idempotent_and_keeps_the_status(ipam: Replic
     assert watch.pools.get(KEY) is not None
 
 
+async def test_one_instance_is_one_node(ipam: Replica, bus: Bus, watch: Watch, double: EniDouble) -> None:
+    """Two node records on one instance would share its ENIs, and the removal of one would delete the other's
+    (the bus fuzz found it: node-1 and node.1 registered on one instance)."""
+    double.follow_demand()
+    instance = f"i-{KEY}"
+    await register(bus)
+    err = await refused(register(bus, "node.1", instance_id=instance))
+    assert err.reason is ErrorReason.CONFLICT and err.retryable
+    assert f"instance {instance} is registered as node {NODE}; remove that node first" in err.message
+    nodes = Store(await bus.bucket(NODES), NetResourceSet, NODES.name)
+    assert await nodes.get(subject_token("node.1")) is None
+    assert not (await register(bus)).created  # the holder registering again is no conflict
+
+    # two names at once on one instance: one is registered, the other refused
+    outcomes = await asyncio.gather(register(bus, "node-a", instance_id="i-shared"),
+                                    register(bus, "node-b", instance_id="i-shared"), return_exceptions=True)
+    won = [o for o in outcomes if isinstance(o, NodeRegisterReply)]
+    lost = [o for o in outcomes if isinstance(o, CceError)]
+    assert len(won) == 1 and len(lost) == 1 and lost[0].reason is ErrorReason.CONFLICT, outcomes
+
+    # once the holder is gone, the instance may be registered under another name
+    await call(bus, NODE_REMOVE, NodeRemoveRequest(node=NODE))
+    await watch.nodes.wait_for(lambda items: KEY not in items, 10)
+    assert (await register(bus, "node.1", instance_id=instance)).created
+
+
 async def test_allocating_on_an_unregistered_node_is_node_not_registered(ipam: Replica, bus: Bus) -> None:
     err = await refused(allocate(bus, "c1", wait_s=0))
     assert err.reason is ErrorReason.NODE_NOT_REGISTERED and err.details["node"] == NODE

@@ -166,6 +166,26 @@ async def test_a_deleted_node_leaves_the_bus_and_its_enis_leave_the_cloud(plane:
     await until(lambda: "node-1" not in kube.objects(NRS), 10, "node-1's nrs deleted")
 
 
+async def test_a_node_renamed_on_its_instance_waits_for_the_old_name_to_leave(plane: tuple[Cluster, Kube],
+                                                                               sim_admin: SimAdmin) -> None:
+    """One instance is one node: the new name says why it waits (InstanceInUse) and leaves the old one's ENIs
+    alone; once the old Node object is gone, the new name registers."""
+    c, kube = plane
+    inst = await node_object(c, kube, sim_admin, "node-1")
+    await registered_and_ready(c, kube, "node-1")
+    enis = {e.eni_id for e in await c.cloud_enis(str(inst["id"]))}
+    kube.create_node("node-1b", f"cce://{inst['id']}", labels=ZONE_LABELS)
+    await until(lambda: getattr(kube.node_condition("node-1b", "CCENetworkReady"), "reason", "") == "InstanceInUse",
+                20, "CCENetworkReady=False/InstanceInUse on node-1b")
+    event = next(e for e in kube.events("Node", "node-1b") if e.reason == "InstanceInUse")
+    assert f"instance {inst['id']} is registered as node node-1" in event.message and event.type == "Warning"
+    assert await c.nrs("node-1b") is None
+    assert {e.eni_id for e in await c.cloud_enis(str(inst["id"]))} >= enis  # node-1's ENIs untouched
+    kube.delete_node("node-1")
+    await until(lambda: c.nrs("node-1b"), 45, "node-1b registered once node-1 left")
+    await registered_and_ready(c, kube, "node-1b")
+
+
 async def test_a_node_deleted_and_back_within_the_grace_keeps_its_pool(plane: tuple[Cluster, Kube],
                                                                        sim_admin: SimAdmin) -> None:
     c, kube = plane

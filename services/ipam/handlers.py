@@ -28,7 +28,7 @@ from schemas.messages import (
 )
 from schemas.records import CceEndpoint, NetResourceSet, NodePool, NodeSpec, PoolSettings
 from schemas.subjects import IPAM_ALLOCATE, IPAM_CONFIRM, IPAM_RELEASE, NODE_REGISTER, NODE_REMOVE, endpoint_key
-from services.ipam import domain, route_mode
+from services.ipam import domain, instances, route_mode
 from services.ipam.exclusive import failure as exclusive_failure
 from services.ipam.exclusive_pool import allows_exclusive, is_exclusive
 from services.ipam.fixed_ops import FixedIps
@@ -107,13 +107,22 @@ class IpamHandlers:
     # ---- nodes -------------------------------------------------------------------------------------------------
 
     async def register(self, req: NodeRegisterRequest) -> NodeRegisterReply:
+        # one instance is one node (retryable: the node holding it may be on its way out, as when one is renamed);
+        # the claim decides, the records seen so far also count (nodes registered before claims were kept)
+        holder = self.state.instance_holder(req.instance_id, req.node)
+        if holder is not None:
+            raise instances.held_by(holder, str(req.instance_id), req.node)
+        await instances.claim(self.state.stores, req.node, str(req.instance_id))
         created = False
+        previous = ""
 
         def change(current: NetResourceSet | None) -> NetResourceSet | _Keep:
             nonlocal created
+            nonlocal previous
             created = current is None
             if current is None:
                 return NetResourceSet(name=req.node, spec=spec_from(req, None))
+            previous = str(current.spec.instance_id)
             if current.status.removing:
                 raise CceError(ErrorReason.CONFLICT, f"node {req.node} is being removed; register once it is gone",
                                node=req.node)
@@ -125,6 +134,8 @@ class IpamHandlers:
 
         item = await self.state.stores.nodes.mutate(node_key(req.node), change)
         assert item is not None
+        if previous and previous != str(item.value.spec.instance_id):  # the node moved to another instance
+            await instances.give_back(self.state.stores, req.node, previous)
         await self.state.stores.pools.mutate(node_key(req.node),
                                              lambda pool: NodePool(node=req.node) if pool is None else KEEP)
         await self.events.publish(EventKind.NODE, "registered", node=req.node, object=req.node, created=created,

@@ -19,7 +19,7 @@ from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
 from schemas.messages import ExpandReply, ExpandRequest
 from schemas.records import NetResourceSet, NodeStatus
-from services.ipam import domain, route_mode
+from services.ipam import domain, instances, route_mode
 from services.ipam.fixed_ops import FixedIps
 from services.ipam.pool_ops import PoolOps, endpoint_ips
 from services.ipam.state import node_key, wait_event
@@ -268,6 +268,9 @@ class Maintenance:
                 or self.state.node_cidrs.of(node):  # vpc-route: route_manager gives CIDRs back after their rules
             return
         await self.state.stores.pools.delete(node_key(node))
+        # the instance is free once the node holds nothing of it: given back before the record goes, so the record's
+        # deletion is the moment another node may register on it (the record stays `removing` until deleted)
+        await instances.give_back(self.state.stores, node, str(nrs.spec.instance_id))
         deleted = False
 
         def change(current: NetResourceSet | None) -> NetResourceSet | _Keep | None:

@@ -18,6 +18,7 @@ from schemas.records import (
     Eni,
     EniProvision,
     FixedIp,
+    InstanceClaim,
     NetResourceSet,
     NodeCidr,
     NodePool,
@@ -32,6 +33,7 @@ from schemas.subjects import (
     ENDPOINTS,
     ENIS,
     FIXED_IPS,
+    INSTANCES,
     NODE_CIDRS,
     NODES,
     PODS,
@@ -123,6 +125,7 @@ class Stores:
     pools: Store[NodePool]
     endpoints: Store[CceEndpoint]
     fixed: Store[FixedIp]
+    instances: Store[InstanceClaim]
 
 
 class IpamState:
@@ -147,7 +150,7 @@ class IpamState:
     @classmethod
     async def open(cls, proc: ServiceProcess) -> IpamState:
         state = cls(Stores(await proc.store(NODES), await proc.store(POOLS), await proc.store(ENDPOINTS),
-                           await proc.store(FIXED_IPS)))
+                           await proc.store(FIXED_IPS), await proc.store(INSTANCES)))
         await state._watch(proc)
         return state
 
@@ -208,6 +211,12 @@ class IpamState:
     def pool(self, node: str) -> NodePool | None:
         assert self._pools is not None
         return self._pools.get(node_key(node))
+
+    def instance_holder(self, instance_id: str, other_than: str) -> NetResourceSet | None:
+        """Another node whose record, as this replica has seen it, names the instance."""
+        assert self._nodes is not None
+        return next((n for n in self._nodes.values() if n.spec.instance_id == instance_id and n.name != other_than),
+                    None)
 
     def known_nodes(self) -> set[str]:
         assert self._nodes is not None and self._pools is not None

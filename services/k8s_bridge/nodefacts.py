@@ -51,6 +51,7 @@ ANNOTATIONS: dict[str, tuple[str, str]] = {
 # Condition and Event reasons of node problems (a Node we cannot register says why)
 INVALID_PROVIDER_ID = "InvalidProviderID"
 INSTANCE_NOT_FOUND = "InstanceNotFound"
+INSTANCE_IN_USE = "InstanceInUse"  # registered on the bus as another node (one renamed: the old one leaves first)
 INVALID_NODE_CONFIG = "InvalidNodeConfig"
 
 

@@ -126,7 +126,14 @@ class NodeSync:
             return
         request = nodefacts.registration(view, lookup.instance, self.defaults)
         if record is None or self.sent.get(name) != request:
-            record = await self._register(request) or record
+            try:
+                record = await self._register(request) or record
+            except CceError as err:
+                if err.reason is not ErrorReason.CONFLICT or "registered as node" not in err.message:
+                    raise
+                self.queue.add(name, self.recheck_s)  # the node holding the instance may leave: try again then
+                await self._problem(obj, NodeProblem(nodefacts.INSTANCE_IN_USE, err.message))
+                return
         provision = self.provisions.get(name) if self.provisions is not None else None
         await self._publish(obj, readiness.of_record(record, provision))
 
