@@ -113,11 +113,22 @@ class BusSecurity:
         return _private(self.creds_path(identity), creds_text(encode_jwt(claims, self.account), seed))
 
     def ensure(self, nodes: list[str]) -> None:
-        """Credentials for every control-plane service, the admin and each node that has none yet; TLS material."""
+        """Credentials for every control-plane service, the admin and each node that has none, or whose permissions
+        are no longer those the contract gives it (a new bucket or subject); TLS material."""
         for identity in [*identities(()), *(node_identity(n) for n in nodes)]:
-            if not self.creds_path(identity).exists():
+            if not self.current(identity):
                 self.issue(identity)
         self.ensure_tls()
+
+    def current(self, identity: Identity) -> bool:
+        """Whether the identity has credentials carrying the permissions the contract gives it now."""
+        path = self.creds_path(identity)
+        if not path.exists():
+            return False
+        perms = permissions(identity)
+        nats = creds_claims(path).get("nats") or {}
+        return bool((nats.get("pub") or {}).get("allow") == list(perms.publish)
+                    and (nats.get("sub") or {}).get("allow") == list(perms.subscribe))
 
     def revoke(self, identity: Identity) -> str:
         """Revoke the identity's current credentials (the server refuses them once it reloads its configuration);

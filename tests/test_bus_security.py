@@ -5,6 +5,7 @@ what each may do, and that what it may not is refused by the server and changes 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
 
+from cce_net import natsauth
 from cce_net.natsauth import BusSecurity, make_ca_and_server_cert
 from chassis.bus import Bus
 from chassis.config import ChassisSettings
@@ -26,6 +28,7 @@ from schemas.permissions import (
     ADMIN_IDENTITY,
     CONTROL_PLANE,
     Identity,
+    identities,
     node_identity,
     permissions,
     service_identity,
@@ -341,3 +344,24 @@ def test_urls_are_logged_without_their_credentials() -> None:
 
     assert redact_url("nats://user:pass@h1:4222,tls://token@h2:4222") == "nats://***@h1:4222,tls://***@h2:4222"
     assert redact_url("tls://127.0.0.1:4222") == "tls://127.0.0.1:4222"
+
+
+def test_credentials_whose_permissions_are_out_of_date_are_issued_again(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """unit: a stack started again after an upgrade that added a bucket re-issues the credentials it changes."""
+    security = BusSecurity(tmp_path / "bus")
+    real = natsauth.permissions
+
+    def before_the_upgrade(identity: Identity) -> Any:
+        perms = real(identity)
+        return dataclasses.replace(perms, publish=perms.publish[:-1]) if identity.name == "ipam" else perms
+
+    monkeypatch.setattr(natsauth, "permissions", before_the_upgrade)
+    security.ensure(["node-1"])
+    issued = {p.name: p.read_text() for p in (tmp_path / "bus").glob("*.creds")}
+    monkeypatch.setattr(natsauth, "permissions", real)
+    assert not security.current(next(i for i in identities(()) if i.name == "ipam"))
+    security.ensure(["node-1"])
+    again = {p.name: p.read_text() for p in (tmp_path / "bus").glob("*.creds")}
+    assert [name for name in issued if issued[name] != again[name]] == ["ipam.creds"]
+    assert all(security.current(i) for i in [*identities(()), node_identity("node-1")])
