@@ -67,3 +67,12 @@ async def bus(settings: ChassisSettings) -> AsyncIterator[Bus]:
     await b.ensure_events_stream()
     yield b
     await b.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The inputs each fuzz surface was given in this run (the figure a long run is judged by)."""
+    from tests.fuzzing import COUNTS
+
+    if COUNTS:
+        terminalreporter.write_line("fuzz inputs answered per surface: "
+                                    + ", ".join(f"{surface} {n}" for surface, n in sorted(COUNTS.items())))

@@ -18,7 +18,7 @@ CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 LONG = os.environ.get("CCE_FUZZ_LONG", "") == "1"
 EXAMPLES = int(os.environ.get("CCE_FUZZ_EXAMPLES") or (10_000 if LONG else 200))
 FUZZ_TIMEOUT = pytest.mark.timeout(6 * 3600 if LONG else 300)  # a Hypothesis suite is one test for pytest-timeout
-COUNTS: Counter[str] = Counter()  # inputs tried per surface (printed by each suite's last test)
+COUNTS: Counter[str] = Counter()  # inputs answered per surface (printed in pytest's summary: conftest.py)
 
 
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
