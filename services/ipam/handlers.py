@@ -266,15 +266,9 @@ class IpamHandlers:
         router = self.state.facts(req.node, nrs.spec).router_ip if slot.eni is None else None
         endpoint = domain.new_endpoint(req, mode, slot, self.ops.clock(), self.settings.allocation_ttl_s,
                                        router_ip=router)
-        try:
-            await self.state.stores.endpoints.create(key, endpoint)
-        except CceError as err:
-            if err.reason is not ErrorReason.CONFLICT:
-                raise
-            existing = await self.state.stores.endpoints.get(key)
-            if existing is None:
-                raise
-            return existing.value, True
+        written, raced = await self.state.create_endpoint(key, endpoint)
+        if raced:
+            return written, True
         if reused:
             log.info("endpoint rebuilt from its claim", node=req.node, key=key, ip=str(slot.ip))
         return endpoint, reused

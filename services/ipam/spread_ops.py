@@ -139,13 +139,4 @@ class Spreads:
         """Write the endpoint (with its spread); a concurrent request with the same key may have written it."""
         endpoint = domain.new_endpoint(req, nrs.spec.mode, slot, self.ops.clock(),
                                        self.ops.settings.allocation_ttl_s).model_copy(update={"psts": psts})
-        try:
-            await self.state.stores.endpoints.create(key, endpoint)
-        except CceError as err:
-            if err.reason is not ErrorReason.CONFLICT:
-                raise
-            existing = await self.state.stores.endpoints.get(key)
-            if existing is None:
-                raise
-            return existing.value, True
-        return endpoint, False
+        return await self.state.create_endpoint(key, endpoint)

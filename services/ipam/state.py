@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 from chassis.kv import KvCache, Store, Versioned
 from chassis.service import ServiceProcess
 from schemas.base import Contract, from_subject_token, subject_token
+from schemas.errors import CceError, ErrorReason
 from schemas.records import (
     CceEndpoint,
     ClusterCidrPool,
@@ -200,6 +201,20 @@ class IpamState:
     def lock(self, node: str) -> asyncio.Lock:
         """Serialises this replica's compare-and-set attempts on a node's pool (replicas race by CAS)."""
         return self._locks.setdefault(node, asyncio.Lock())
+
+    async def create_endpoint(self, key: str, endpoint: CceEndpoint) -> tuple[CceEndpoint, bool]:
+        """Write a new endpoint record; when a concurrent request with the same key wrote it first, that one and
+        True."""
+        try:
+            await self.stores.endpoints.create(key, endpoint)
+        except CceError as err:
+            if err.reason is not ErrorReason.CONFLICT:
+                raise
+            existing = await self.stores.endpoints.get(key)
+            if existing is None:
+                raise
+            return existing.value, True
+        return endpoint, False
 
     def forget(self, node: str) -> None:
         self._locks.pop(node, None)
