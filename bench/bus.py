@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from chassis.bus import Bus
+from chassis.bus import Bus, settled
 from chassis.config import ChassisSettings
 from chassis.embedded_nats import EmbeddedNats
 from chassis.kv import Store
@@ -102,7 +102,7 @@ async def bench_rpc(url: str, client: Bus, raw_nc: Client, n: int, warmup: int) 
 
     responder = await nats.connect(url, name="bench-raw-responder")
     await responder.subscribe(RAW_SUBJECT, cb=echo)
-    await responder.flush()
+    await settled(responder)
     payload = EchoRequest(node=NODE, container_id="c0ffee", n=0).model_dump_json().encode()
 
     async def chassis_call(i: int) -> object:

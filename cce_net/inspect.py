@@ -364,7 +364,7 @@ async def _ask_all(bus: Bus, subject: str, wait_s: float) -> list[dict[str, Any]
     sub = await bus.nc.subscribe(inbox, cb=collect)
     try:
         await bus.nc.publish(subject, b"", reply=inbox)
-        await bus.nc.flush()
+        await bus.settled()
         await asyncio.sleep(wait_s)
     finally:
         await sub.unsubscribe()

@@ -50,6 +50,20 @@ def _tls_context(settings: ChassisSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+async def settled(nc: Client, timeout: float = 10.0) -> None:
+    """Return once the server has processed every command this connection wrote before the call (a SUB is live for
+    every other connection's publishes from then on).
+
+    nats-py's `flush()` alone does not promise that: it writes its PING straight to the socket, ahead of commands
+    still queued for the connection's flusher task, so its PONG can come back before the server has read a SUB made
+    just before (seen as a NoResponders to a service that had just said it serves). So the queue is written first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while nc.pending_data_size > 0 and loop.time() < deadline:  # the flusher writes the queue when it next runs
+        await asyncio.sleep(0.001)
+    await nc.flush(timeout=max(1, round(deadline - loop.time())))
+
+
 class Bus:
     """One NATS connection with JetStream; reconnects forever and remembers whether it is connected.
 
@@ -71,6 +85,10 @@ class Bus:
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+    async def settled(self) -> None:
+        """What this process wrote to the bus so far has reached the server (see `settled`)."""
+        await settled(self.nc)
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_reconnect.append(callback)

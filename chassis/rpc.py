@@ -125,7 +125,7 @@ class RpcServer:
             queue_group=queue_group or self.name,
             metadata={"request": spec.request.__name__, "reply": spec.reply.__name__, "summary": spec.summary},
         )
-        await self.bus.nc.flush()  # the subscription is known to the server before we say we serve
+        await self.bus.settled()  # the subscription is known to the server before we say we serve
 
     def _refusal(self, req: Request) -> CceError | None:
         if not self._accepting:

@@ -19,7 +19,7 @@ from nats.js.errors import KeyNotFoundError
 
 from cce_net import natsauth
 from cce_net.natsauth import BusSecurity, make_ca_and_server_cert
-from chassis.bus import Bus
+from chassis.bus import Bus, settled
 from chassis.config import ChassisSettings
 from chassis.creds import creds_claims
 from chassis.embedded_nats import EmbeddedNats
@@ -139,12 +139,12 @@ async def test_a_node_cannot_publish_another_nodes_requests(secured: SecuredBus,
     admin_seen: list[str] = []
     admin = await secured.raw(ADMIN_IDENTITY, [])
     await admin.subscribe(f"{spec.prefix}.*", cb=collect(admin_seen))
-    await admin.flush()
+    await settled(admin)
     node1 = await secured.raw(node_identity("node-1"), errors)
     await node1.publish(spec.for_node("node-2"), b"{}")
-    await node1.flush()
+    await settled(node1)
     await refused(errors, f'Permissions Violation for Publish to "{spec.for_node("node-2")}"')
-    await admin.flush()
+    await settled(admin)
     assert admin_seen == []
 
 
@@ -186,14 +186,14 @@ async def test_a_node_cannot_listen_to_another_nodes_datapath_requests(secured: 
     node1 = await secured.raw(node_identity("node-1"), errors)
     await node1.subscribe("cce.datapath.v1.setup.node-2", cb=collect(got))
     await node1.subscribe("_INBOX.node.node-2.>", cb=collect(got))
-    await node1.flush()
+    await settled(node1)
     await refused(errors, 'Subscription to "cce.datapath.v1.setup.node-2"')
     await refused(errors, 'Subscription to "_INBOX.node.node-2.>"')
     admin = await secured.raw(ADMIN_IDENTITY, [])
     await admin.publish("cce.datapath.v1.setup.node-2", b"{}")
     await admin.publish("_INBOX.node.node-2.x", b"{}")
-    await admin.flush()
-    await node1.flush()
+    await settled(admin)
+    await settled(node1)
     assert got == []
 
 
@@ -294,13 +294,13 @@ async def test_the_server_enforces_the_generated_permissions_for_every_subject(s
     seen: set[tuple[str, str]] = set()
     admin = await secured.raw(ADMIN_IDENTITY, [])
     await admin.subscribe("cce.*.v1.*.*", cb=collect(seen, lambda msg: (msg.data.decode(), msg.subject)))
-    await admin.flush()
+    await settled(admin)
     for identity in every_identity():
         nc = await secured.raw(identity, [])
         for subject in every_subject():
             await nc.publish(subject, identity.name.encode())
-        await nc.flush()
-    await admin.flush()
+        await settled(nc)
+    await settled(admin)
     await until(lambda: len(seen) >= sum(expected(i, s) for i in every_identity() for s in every_subject()), 5,
                 "every allowed publish to arrive")
     for identity in every_identity():

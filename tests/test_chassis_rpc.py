@@ -137,3 +137,30 @@ async def test_micro_service_answers_nats_tooling(echo_service: ServiceProcess, 
     assert info["endpoints"][0]["queue_group"] == "echo"
     stats = json.loads((await bus.nc.request("$SRV.STATS.echo", b"", timeout=1)).data)
     assert stats["endpoints"][0]["num_requests"] >= 1
+
+
+async def test_a_served_endpoint_is_on_the_wire_before_add_returns(settings: ChassisSettings) -> None:
+    """The server reads what a connection writes in order: add() returns only after the endpoint's SUB went out
+    ahead of the ping it waits on (nats-py's own flush() writes its PING before a SUB still queued, so a caller on
+    another connection could be told no one serves it: seen once in CI under load)."""
+    proc = ServiceProcess("echo", settings)
+    await proc.start()
+    try:
+        transport = proc.bus.nc._transport  # the socket writes, recorded in order
+        wrote: list[bytes] = []
+        write, writelines = transport.write, transport.writelines
+
+        def record(data: bytes) -> None:
+            wrote.append(bytes(data))
+            write(data)
+
+        def record_lines(lines: list[bytes]) -> None:
+            wrote.extend(bytes(line) for line in lines)
+            writelines(lines)
+
+        transport.write, transport.writelines = record, record_lines
+        await proc.rpc.add(ECHO, echo_handler)
+        sub = next(i for i, data in enumerate(wrote) if data.startswith(f"SUB {ECHO.pattern} ".encode()))
+        assert any(data == b"PING\r\n" for data in wrote[sub + 1:]), wrote
+    finally:
+        await proc.shutdown()

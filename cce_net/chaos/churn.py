@@ -151,6 +151,7 @@ class EventTrail:
                 return
 
         self._sub = await bus.nc.subscribe("cce.events.>", cb=on_msg)
+        await bus.settled()  # the churn's first events are in the timeline too
 
     async def stop(self) -> None:
         if self._sub is not None:
