@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -277,6 +278,44 @@ async def test_a_higher_target_brings_more_enis_one_creation_at_a_time(world: Wo
     assert sorted(len(e.secondary_ips) for e in cloud) == [10, 15, 15]
     assert [r.index for r in await world.records()] == [1, 2, 3]
     assert probe.max_in_flight == 1
+
+
+class AttachPolls:
+    """Counts, per ENI, the looks that found it still attaching."""
+
+    def __init__(self, inner: VpcApi) -> None:
+        self.inner = inner
+        self.attaching: Counter[str] = Counter()
+        self.order: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def attach_eni(self, eni_id: str, instance_id: str) -> None:
+        self.order.append(eni_id)
+        await self.inner.attach_eni(eni_id, instance_id)
+
+    async def get_eni(self, eni_id: str) -> CloudEni:
+        eni = await self.inner.get_eni(eni_id)
+        if eni.status is EniState.ATTACHING:
+            self.attaching[eni_id] += 1
+        return eni
+
+
+async def test_after_one_attach_the_next_are_looked_at_when_an_attach_usually_ends(world: World) -> None:
+    """The first attach is polled every attach_poll_s; then the first look waits most of the learnt attach time,
+    so a steady cloud is asked a few times per ENI instead of once per poll period (cloud calls are rate-limited)."""
+    await world.admin.set_settings(attach_delay_s=0.5)
+    polls = AttachPolls(world.api)
+    async with running(world, polls):
+        instance_id = await world.add_node(target=10)
+        await until(lambda: settled(world, instance_id, 10, enis=1), "the first ENI")
+        await world.set_target("node-1", 40)
+        await until(lambda: settled(world, instance_id, 40, enis=3), "three ENIs")
+
+    first, *later = (polls.attaching[eni_id] for eni_id in polls.order)
+    assert len(later) == 2
+    assert max(later) * 2 <= first, (first, later)
 
 
 async def test_confirmed_releases_are_deleted_in_the_cloud_and_the_record_but_marked_ones_stay(
