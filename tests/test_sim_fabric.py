@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -257,6 +258,31 @@ async def test_removing_an_eni_removes_its_link_and_routes(fabric: Fabric) -> No
     assert table["10.0.1.20"]["dev"] == router_link_name("eni-i-a")  # the other ENI is untouched
     names = {x["ifname"] for x in await ip_json(fabric.router_ns(), "link", "show")}
     assert router_link_name("eni-i-b") not in names and router_link_name("eni-i-a") in names
+
+
+async def test_a_link_gone_while_converging_is_built_again(fabric: Fabric,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removed pod namespace takes its ENI end with it, and the kernel drops the router's peer a moment later (in
+    the background): apply saw the peer, then found it gone when it wrote its sysctls. It converges again."""
+    import services.vpc_sim.fabric as fabric_module
+
+    await fabric.apply(two())
+    peer = router_link_name("eni-i-b")
+    await run("ip", "-n", fabric.router_ns(), "link", "del", peer)  # the instance end goes too (a veth pair)
+    write = fabric_module._write_sysctls
+    pulled: list[str] = []
+
+    def link_goes_first(ns: str, values: Any) -> list[str]:
+        if not pulled:  # the first convergence has just made the pair again: it vanishes under the sysctls
+            pulled.append(peer)
+            subprocess.run(["ip", "-n", ns, "link", "del", peer], check=True)
+        return write(ns, values)
+
+    monkeypatch.setattr(fabric_module, "_write_sysctls", link_goes_first)
+    await fabric.apply(two())
+    assert pulled == [peer]
+    assert await link_by_mac(fabric.instance_ns("i-b"), B_ENI_MAC) is not None
+    assert await sysctl(fabric.router_ns(), f"net/ipv4/conf/{peer}/proxy_arp") == "1"
 
 
 async def test_removing_an_instance_removes_its_namespace(fabric: Fabric) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import os
@@ -51,6 +52,10 @@ PRIMARY_IFNAME = "eth0"
 ROUTER_NS_SUFFIX = "vpc"
 
 
+
+
+VANISHED = frozenset({errno.ENOENT, errno.ENODEV})  # what a link or namespace gone underneath us looks like
+VANISHED_RETRIES = 4
 
 
 class FabricError(NetnsError):
@@ -393,7 +398,7 @@ def _as_fabric_error() -> Iterator[None]:
     except FabricError:
         raise
     except NetnsError as exc:
-        raise FabricError(str(exc)) from exc
+        raise FabricError(str(exc), code=exc.errno) from exc
 
 
 def _open_sockets(namespaces: list[str]) -> dict[str, int]:
@@ -468,7 +473,17 @@ class Fabric:
         async with self._lock:
             changes: list[str] = []
             try:
-                await self._apply(desired, changes)
+                for attempt in range(VANISHED_RETRIES + 1):
+                    try:
+                        await self._apply(desired, changes)
+                        break
+                    except FabricError as err:
+                        if err.errno not in VANISHED or attempt == VANISHED_RETRIES:
+                            raise
+                        # a link or namespace went away while we converged: the kernel tears a removed namespace's
+                        # veths down in the background, so a peer seen a moment ago may be gone. Converge again.
+                        log.info("fabric changed underneath, converging again", error=str(err), attempt=attempt + 1)
+                        await asyncio.sleep(0.05 * 2**attempt)
             finally:
                 self.last_changes = tuple(changes)
                 if changes:
