@@ -182,7 +182,7 @@ def test_the_pool_exhausted_alert_fires_for_the_full_node_only(prometheus: Prome
     assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
 
 
-def test_trace_shows_the_refill_wait_and_the_cloud_call_inside_it(stack: Stack, pods: dict[str, Any]) -> None:
+def test_trace_shows_the_refill_wait_and_the_cloud_calls_that_ended_it(stack: Stack, pods: dict[str, Any]) -> None:
     """web-1 was node-1's first pod: its pool was empty, so its ADD waited for eni_manager's refill."""
 
     def traced() -> str | None:
@@ -206,7 +206,10 @@ def test_trace_shows_the_refill_wait_and_the_cloud_call_inside_it(stack: Stack, 
     cloud_name = next(x.split(" [")[0].split()[-1] for x in lines if " cloud." in x)
     cloud = line(cloud_name)
     assert root[1] <= wait[1] and wait[2] <= root[2] + 1
-    assert wait[1] <= cloud[1] and cloud[2] <= wait[2] + 1, f"the cloud call inside the wait:\n{out}"
+    allocate = line("ipam.allocate")
+    # the allocation raises the pool's demand before it starts waiting, so eni_manager may call the cloud a moment
+    # before the wait's span begins; the wait ends only after the cloud's work
+    assert allocate[1] <= cloud[1] and cloud[2] <= wait[2] + 1, f"the cloud call inside the allocation:\n{out}"
     assert refill[0] < cloud[0], f"the cloud call inside eni_manager's refill:\n{out}"
     for name in ("ipam.allocate", "node_datapath.setup", "ipam.confirm"):
         assert f" {name} [" in out, out
