@@ -41,6 +41,7 @@ from services.node_datapath.datapath import NodeDatapath, Timing
 from services.node_datapath.domain import host_veth_name
 from services.node_datapath.netlink import Kernel
 from services.vpc_sim.fabric import Fabric, FabricSpec, InstanceSpec, NicSpec
+from tests.cluster import until
 from tests.privileged import NEEDS_PING_AND_IP
 
 pytestmark = NEEDS_PING_AND_IP
@@ -282,6 +283,11 @@ async def test_two_pods_ping_each_other_and_the_gateway_then_teardown_leaves_not
                                                   endpoint=ep))
         teardown_ms.append((time.perf_counter() - started) * 1000)
         assert any("host veth" in r for r in reply.removed) and sum("rule" in r for r in reply.removed) == 2
+        # at the reply: no route, rule nor neighbour of the pod's IP is left, its veth is down or already gone...
+        assert [x for x in await node_objects(world.node_ns, POD_IPS[i]) if not x.startswith("link ")] == []
+        assert all("UP" not in x["flags"] for x in await ip_json(world.node_ns, "link", "show")
+                   if x["ifname"] == host_veth_name("default", f"pod-{ep.container_id}", "eth0"))
+    await dp.reaped()  # ...and it is deleted right after
     for ip in POD_IPS[:2]:
         assert await node_objects(world.node_ns, ip) == []
     assert [x["ifname"] for x in await ip_json(world.pods[0], "link", "show")] == ["lo"]
@@ -387,6 +393,38 @@ async def test_a_new_container_of_the_same_pod_replaces_the_old_veth(world: Worl
     assert await ping(world.pods[1], GATEWAY)
 
 
+async def test_an_add_right_after_a_del_of_the_same_attachment_waits_for_its_old_veth_to_go(world: World) -> None:
+    """The DEL's veth is deleted after its reply (held here until the ADD is seen waiting): a DEL again at once
+    changes nothing, and an ADD again of the same container (the same veth name) waits for the deletion, then
+    builds a working pair that nothing deletes afterwards."""
+    await world.fabric.apply(spec())
+    dp = world.datapath()
+    gate = asyncio.Event()
+    delete_link = dp.kernel.delete_link
+
+    async def held_delete(link: Any) -> bool:
+        await gate.wait()
+        return await delete_link(link)
+
+    dp.kernel.delete_link = held_delete  # type: ignore[method-assign]
+    ep = endpoint("c1", POD_IPS[0])
+    world.records.put(ep)
+    await dp.setup(world.setup_req(ep, 0))
+    down = TeardownRequest(node=NODE, container_id="c1", netns=world.pod_ns(0), endpoint=ep)
+    assert any("host veth" in r for r in (await dp.teardown(down)).removed)
+    assert (await dp.teardown(down)).removed == []  # DEL twice: its deletion is already on its way
+    again = asyncio.create_task(dp.setup(world.setup_req(ep, 0)))
+
+    await until(lambda: again.done() or dp.reap_waits == 1, 30, "the ADD to wait for the old veth's deletion")
+    gate.set()
+    reply = await again
+    await dp.reaped()
+    veth = host_veth_name("default", "pod-c1", "eth0")
+    [link] = [x for x in await ip_json(world.node_ns, "link", "show") if x["ifname"] == veth]
+    assert "UP" in link["flags"] and reply.host_veth == veth
+    assert await ping(world.pods[0], GATEWAY)
+
+
 async def test_teardown_without_a_record_finds_the_ip_from_the_host_route(world: World) -> None:
     await world.fabric.apply(spec())
     dp = world.datapath()
@@ -413,6 +451,7 @@ async def test_teardown_by_alias_removes_veth_and_rules_when_the_record_is_gone(
     await dp.setup(world.setup_req(ep, 0))
     reply = await dp.teardown(TeardownRequest(node=NODE, container_id="c1", netns=world.pod_ns(0)))
     assert len(reply.removed) == 3, reply.removed
+    await dp.reaped()
     assert await node_objects(world.node_ns, POD_IPS[0]) == []
 
 

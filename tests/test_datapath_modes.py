@@ -205,6 +205,7 @@ async def test_route_mode_pods_on_two_nodes_ping_across_through_the_route_rules(
     assert await dps["node-a"].resync() == [] and await dps["node-b"].resync() == []  # converged, nothing stale
     for i, ep in enumerate(eps):
         await dps[ep.node].teardown(world.teardown_req(ep, i))
+        await dps[ep.node].reaped()  # the veth goes right after the reply
         veth = host_veth_name(ep.namespace, ep.pod, ep.ifname)
         assert await node_objects(world.node_ns(ep.node), str(ep.addresses[0].ip), veth) == []
 
@@ -256,6 +257,7 @@ async def test_primary_nic_pods_ping_across_nodes_through_the_main_table(world: 
     assert await ip_json(ns_a, "link", "show", "dev", "eth0")  # never renamed
     for i, ep in enumerate(eps):
         await dps[ep.node].teardown(world.teardown_req(ep, i))
+        await dps[ep.node].reaped()  # the veth goes right after the reply
         veth = host_veth_name(ep.namespace, ep.pod, ep.ifname)
         assert await node_objects(world.node_ns(ep.node), str(ep.addresses[0].ip), veth) == []
 

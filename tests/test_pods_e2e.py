@@ -187,7 +187,8 @@ def test_del_leaves_nothing_behind_and_the_ip_returns_after_cooldown(stack: Path
     veth = host_veth(record.result or {})
     ok(cce_net("pod", "del", ref, state_dir=stack))
     assert ref not in pods(stack)
-    assert leftovers(stack, "node-2", ip, veth) == []
+    assert gone_at_once(leftovers(stack, "node-2", ip, veth))
+    until(lambda: leftovers(stack, "node-2", ip, veth) == [], 10, "the pod's veth to be deleted")
     # the pool record itself (read in-process: a CLI start per look could miss a 4 s window on a loaded machine)
     until(lambda: ip in pool_record(stack, "node-2").cooldown, 10, "the released IP to cool down", 0.1)
     until(lambda: ip not in pool_record(stack, "node-2").cooldown, COOLDOWN_S + 15, "the cooldown to end", 0.1)
@@ -196,6 +197,11 @@ def test_del_leaves_nothing_behind_and_the_ip_returns_after_cooldown(stack: Path
     # a second DEL, as CRI sends it: no netns, no prevResult
     network = Pods(stack)._network((read_state(stack) or {})["node_info"]["node-2"])
     network.delete(record.container_id, "", record.ifname, record.cni_args, None)
+
+
+def gone_at_once(left: list[str]) -> bool:
+    """At a DEL's reply its IP's routes, rules and neighbours are gone; its veth (down) is deleted right after."""
+    return [x for x in left if not x.startswith("link ")] == []
 
 
 def host_veth(result: dict[str, Any]) -> str:
@@ -291,7 +297,9 @@ def test_chained_with_the_reference_portmap_and_bandwidth_on_a_real_node(stack: 
             without.check("chained-1", f"/run/netns/{netns}", "eth0", args, result, caps)
         network.delete("chained-1", f"/run/netns/{netns}", "eth0", args, result, caps)
         assert "18080" not in in_ns(info["netns"], "iptables-save", "-t", "nat").stdout
-        assert leftovers(stack, "node-1", ip_of({"ips": [result["ips"][0]["address"]]}), veth) == []
+        gone_ip = ip_of({"ips": [result["ips"][0]["address"]]})
+        assert gone_at_once(leftovers(stack, "node-1", gone_ip, veth))
+        until(lambda: leftovers(stack, "node-1", gone_ip, veth) == [], 10, "the pod's veth to be deleted")
         network.delete("chained-1", "", "eth0", args, None, caps)  # and once more, as CRI does
     finally:
         remove_netns(netns)

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from chassis import netns
 from chassis.logs import get_logger
-from chassis.netns import NetnsError
+from chassis.netns import Link, NetnsError
 from schemas.base import NetworkMode
 from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
@@ -138,6 +138,8 @@ class NodeDatapath:
         self._resync_lock = asyncio.Lock()
         self._veth_locks: dict[str, asyncio.Lock] = {}
         self._torn_down: dict[str, float] = {}  # endpoint key -> when this datapath tore it down
+        self._reaping: dict[str, asyncio.Task[None]] = {}  # host veth -> its deletion after a teardown
+        self.reap_waits = 0  # setups that waited for the deletion of their veth's previous link
         self.eni_changes = 0  # kernel changes made configuring ENIs (resync re-reads the node after any)
 
     # -- requests -----------------------------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class NodeDatapath:
             want = self._want(req.endpoint, req.container_id, req.ifname)
         elif not self.node_ready:
             await self.configure_node()
+        await self._reaped(want.veth)  # a DEL of this attachment just now: its old veth goes first
         async with self.named_lock(want.veth):
             try:
                 changes = await self.kernel.setup_pod(want, req.netns)
@@ -224,14 +227,21 @@ class NodeDatapath:
             held = {str(a.ip) for e in live_endpoints(self.records.endpoints(), self.node)
                     if endpoint_key(e.node, e.container_id, e.ifname) != key for a in e.addresses}
             removed = [r.describe() for r in await self.kernel.delete_rules(rules)] if ip not in held else []
+            # the egress limit's ifb (only a shaped pod has one; the resync collects any other), before the veth: a
+            # link's deletion holds the kernel's rtnl lock for its RCU grace periods, and every netlink call waits
+            veth_name = want.veth if want is not None else veth.name if veth is not None else None
+            shaped = endpoint is None or endpoint.bandwidth is not None
+            if shaped and veth_name is not None and await self.kernel.delete_ifb(ifb_name(veth_name),
+                                                                                 ifb_alias(key)):
+                removed.append(f"ifb {ifb_name(veth_name)} (its egress limit)")
             if veth is not None:
                 async with self.named_lock(veth.name):
-                    if await self.kernel.delete_link(veth):
+                    # down now (its routes and neighbours go with it), deleted right after the reply: a link's
+                    # deletion waits for the kernel's RCU grace periods, most of what a DEL would cost
+                    if veth.name not in self._reaping and await self.kernel.set_down(veth):
                         removed.append(f"host veth {veth.name} (with its routes and neighbours)")
+                        self._reap(veth)
                 self.recent.pop(veth.name, None)
-            veth_name = want.veth if want is not None else veth.name if veth is not None else None
-            if veth_name is not None and await self.kernel.delete_ifb(ifb_name(veth_name), ifb_alias(key)):
-                removed.append(f"ifb {ifb_name(veth_name)} (its egress limit)")
         except NetnsError as exc:
             raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
         self._torn_down[key] = self.clock()
@@ -278,6 +288,32 @@ class NodeDatapath:
                 return
             raise CceError(ErrorReason.INVALID_REQUEST, f"netns {path!r}: {exc}", fields=["netns"],
                            netns=path) from None
+
+    def _reap(self, veth: Link) -> None:
+        """Delete a torn-down pod's host veth (its pod side goes with it) in the background. A setup of the same
+        name waits for it; should the process stop first, the link is left down and the resync collects it."""
+
+        async def delete() -> None:
+            try:
+                await self.kernel.delete_link(veth)  # by index: this link, not a later one of the same name
+            except NetnsError as exc:
+                log.warning("a torn-down veth could not be deleted; the resync collects it", veth=veth.name,
+                            error=str(exc))
+            finally:
+                self._reaping.pop(veth.name, None)
+
+        self._reaping[veth.name] = asyncio.create_task(delete(), name=f"delete {veth.name}")
+
+    async def _reaped(self, name: str) -> None:
+        task = self._reaping.get(name)
+        if task is not None:
+            self.reap_waits += 1
+            await asyncio.wait([task])  # not cancelled with a waiting caller
+
+    async def reaped(self) -> None:
+        """Every host veth of a teardown so far is deleted (at shutdown; tests)."""
+        while self._reaping:
+            await asyncio.wait(list(self._reaping.values()))
 
     @contextlib.asynccontextmanager
     async def named_lock(self, name: str) -> AsyncIterator[None]:
@@ -450,7 +486,7 @@ class NodeDatapath:
                         shaped[want.key] = shaping_want(want.key, want.veth, ep.bandwidth)
             for want in live.values():
                 veth = state.link(want.veth)
-                if veth is not None and veth.alias == want.alias:
+                if veth is not None and veth.alias == want.alias and want.veth not in self._reaping:
                     changes += await self.kernel.repair_host(plan_host(want, veth, state))
                     if want.key in shaped:
                         async with self.named_lock(want.veth):
@@ -482,8 +518,9 @@ class NodeDatapath:
             if item.link is not None:
                 async with self.named_lock(item.link.name):
                     current = (await self.kernel.snapshot()).link(item.link.name)
-                    if current is None or current.alias != item.link.alias or item.link.name in self.recent:
-                        continue  # replaced meanwhile by a setup
+                    if (current is None or current.alias != item.link.alias or item.link.name in self.recent
+                            or item.link.name in self._reaping):
+                        continue  # replaced meanwhile by a setup, or a teardown's deletion is on its way
                     await self.kernel.delete_link(current)
             elif item.rule is not None:
                 await self.kernel.delete_rule(item.rule)

@@ -471,6 +471,13 @@ class Kernel:
 
     # -- removal ------------------------------------------------------------------------------------------------
 
+    async def set_down(self, link: Link) -> bool:
+        """Set a link down: the kernel drops at once its routes and neighbours (permanent ones too), so no traffic
+        goes through it; False when it was already gone. (Deleting a link waits for the kernel's RCU grace periods,
+        ~20 ms here; this does not.)"""
+        return await self._quietly(f"set {link.name} down", lambda ipr: ipr.link("set", index=link.index,
+                                                                                 state="down"))
+
     async def delete_link(self, link: Link) -> bool:
         """Delete a link (its routes and neighbours go with it); False when it was already gone."""
         return await self._quietly(f"delete link {link.name}", lambda ipr: ipr.link("del", index=link.index))
