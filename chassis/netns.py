@@ -14,6 +14,7 @@ cheap and works where pyroute2 is absent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -291,6 +292,30 @@ def remove_namespace(name: str) -> None:
         pass
     except OSError as exc:
         raise NetnsError(f"remove network namespace {name}: {exc}", code=exc.errno) from exc
+
+
+def delete_link(ns: str, index: int, what: str) -> bool:
+    """Delete the link `index` of `ns` from a thread of its own; False when it was already gone. The kernel deletes a
+    link inside the sender's sendmsg, RCU grace periods included (~20 ms here): an event loop sending it itself
+    would stall that long, every request of the process with it. Call it with `asyncio.to_thread`."""
+
+    def work() -> bool:
+        from pyroute2 import AsyncIPRoute
+
+        enter(ns)
+
+        async def delete() -> bool:
+            async with AsyncIPRoute() as ipr:
+                return await nl(what, _done(ipr.link("del", index=index)), ok=GONE) is not None
+
+        return asyncio.run(delete())
+
+    return in_fresh_thread(work, what)
+
+
+async def _done(aw: Awaitable[Any]) -> bool:
+    await aw
+    return True
 
 
 async def nl(what: str, aw: Awaitable[Any], ok: frozenset[int] = frozenset()) -> Any:

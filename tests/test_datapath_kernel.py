@@ -400,13 +400,13 @@ async def test_an_add_right_after_a_del_of_the_same_attachment_waits_for_its_old
     await world.fabric.apply(spec())
     dp = world.datapath()
     gate = asyncio.Event()
-    delete_link = dp.kernel.delete_link
+    delete_link = dp.kernel.delete_link_aside
 
     async def held_delete(link: Any) -> bool:
         await gate.wait()
         return await delete_link(link)
 
-    dp.kernel.delete_link = held_delete  # type: ignore[method-assign]
+    dp.kernel.delete_link_aside = held_delete  # type: ignore[method-assign]
     ep = endpoint("c1", POD_IPS[0])
     world.records.put(ep)
     await dp.setup(world.setup_req(ep, 0))

@@ -139,6 +139,7 @@ class NodeDatapath:
         self._veth_locks: dict[str, asyncio.Lock] = {}
         self._torn_down: dict[str, float] = {}  # endpoint key -> when this datapath tore it down
         self._reaping: dict[str, asyncio.Task[None]] = {}  # host veth -> its deletion after a teardown
+        self._reaping_in: dict[str, str] = {}  # host veth -> the pod netns its peer is in ("" unknown)
         self.reap_waits = 0  # setups that waited for the deletion of their veth's previous link
         self.eni_changes = 0  # kernel changes made configuring ENIs (resync re-reads the node after any)
 
@@ -154,7 +155,7 @@ class NodeDatapath:
             want = self._want(req.endpoint, req.container_id, req.ifname)
         elif not self.node_ready:
             await self.configure_node()
-        await self._reaped(want.veth)  # a DEL of this attachment just now: its old veth goes first
+        await self._reaped(want.veth, req.netns)  # a DEL just now of this attachment or in this pod: it goes first
         async with self.named_lock(want.veth):
             try:
                 changes = await self.kernel.setup_pod(want, req.netns)
@@ -240,7 +241,7 @@ class NodeDatapath:
                     # deletion waits for the kernel's RCU grace periods, most of what a DEL would cost
                     if veth.name not in self._reaping and await self.kernel.set_down(veth):
                         removed.append(f"host veth {veth.name} (with its routes and neighbours)")
-                        self._reap(veth)
+                        self._reap(veth, req.netns)
                 self.recent.pop(veth.name, None)
         except NetnsError as exc:
             raise datapath_error(exc, node=self.node, container_id=req.container_id) from None
@@ -289,26 +290,32 @@ class NodeDatapath:
             raise CceError(ErrorReason.INVALID_REQUEST, f"netns {path!r}: {exc}", fields=["netns"],
                            netns=path) from None
 
-    def _reap(self, veth: Link) -> None:
+    def _reap(self, veth: Link, pod_netns: str) -> None:
         """Delete a torn-down pod's host veth (its pod side goes with it) in the background. A setup of the same
-        name waits for it; should the process stop first, the link is left down and the resync collects it."""
+        name or in the same pod namespace waits for it; should the process stop first, the link is left down and
+        the resync collects it."""
 
         async def delete() -> None:
             try:
-                await self.kernel.delete_link(veth)  # by index: this link, not a later one of the same name
+                await self.kernel.delete_link_aside(veth)  # by index: this link, not a later one of the same name
             except NetnsError as exc:
                 log.warning("a torn-down veth could not be deleted; the resync collects it", veth=veth.name,
                             error=str(exc))
             finally:
                 self._reaping.pop(veth.name, None)
+                self._reaping_in.pop(veth.name, None)
 
+        self._reaping_in[veth.name] = pod_netns
         self._reaping[veth.name] = asyncio.create_task(delete(), name=f"delete {veth.name}")
 
-    async def _reaped(self, name: str) -> None:
-        task = self._reaping.get(name)
-        if task is not None:
+    async def _reaped(self, name: str, pod_netns: str) -> None:
+        """Wait for the deletions whose links could be in the way of a setup: one of the same host veth name, or
+        one whose pod side may still hold the interface name in this pod namespace."""
+        tasks = [task for veth, task in self._reaping.items()
+                 if veth == name or self._reaping_in.get(veth, "") in ("", pod_netns)]
+        if tasks:
             self.reap_waits += 1
-            await asyncio.wait([task])  # not cancelled with a waiting caller
+            await asyncio.wait(tasks)  # not cancelled with a waiting caller
 
     async def reaped(self) -> None:
         """Every host veth of a teardown so far is deleted (at shutdown; tests)."""

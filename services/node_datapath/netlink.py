@@ -9,6 +9,7 @@ dump per socket at a time). pyroute2 is imported lazily.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -477,6 +478,10 @@ class Kernel:
         ~20 ms here; this does not.)"""
         return await self._quietly(f"set {link.name} down", lambda ipr: ipr.link("set", index=link.index,
                                                                                  state="down"))
+
+    async def delete_link_aside(self, link: Link) -> bool:
+        """`delete_link` from a thread of its own: the event loop goes on serving while the kernel deletes."""
+        return await asyncio.to_thread(netns.delete_link, self.node_ns, link.index, f"delete link {link.name}")
 
     async def delete_link(self, link: Link) -> bool:
         """Delete a link (its routes and neighbours go with it); False when it was already gone."""
