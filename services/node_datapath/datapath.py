@@ -228,8 +228,8 @@ class NodeDatapath:
             held = {str(a.ip) for e in live_endpoints(self.records.endpoints(), self.node)
                     if endpoint_key(e.node, e.container_id, e.ifname) != key for a in e.addresses}
             removed = [r.describe() for r in await self.kernel.delete_rules(rules)] if ip not in held else []
-            # the egress limit's ifb (only a shaped pod has one; the resync collects any other), before the veth: a
-            # link's deletion holds the kernel's rtnl lock for its RCU grace periods, and every netlink call waits
+            # the egress limit's ifb: only a shaped pod has one (the resync collects any other), so others save the
+            # lookup
             veth_name = want.veth if want is not None else veth.name if veth is not None else None
             shaped = endpoint is None or endpoint.bandwidth is not None
             if shaped and veth_name is not None and await self.kernel.delete_ifb(ifb_name(veth_name),
@@ -318,7 +318,8 @@ class NodeDatapath:
             await asyncio.wait(tasks)  # not cancelled with a waiting caller
 
     async def reaped(self) -> None:
-        """Every host veth of a teardown so far is deleted (at shutdown; tests)."""
+        """Every host veth of a teardown so far is deleted (tests wait on it; a process that stops before leaves
+        the down links to its successor's resync)."""
         while self._reaping:
             await asyncio.wait(list(self._reaping.values()))
 
