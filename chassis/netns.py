@@ -306,14 +306,16 @@ def delete_link(ns: str, index: int, what: str) -> bool:
 
         async def delete() -> bool:
             async with AsyncIPRoute() as ipr:
-                return await nl(what, _done(ipr.link("del", index=index)), ok=GONE) is not None
+                return await nl(what, done(ipr.link("del", index=index)), ok=GONE) is not None
 
         return asyncio.run(delete())
 
     return in_fresh_thread(work, what)
 
 
-async def _done(aw: Awaitable[Any]) -> bool:
+async def done(aw: Awaitable[Any]) -> bool:
+    """A netlink call whose reply carries nothing needed, as True once made: `nl` then returns None only for an
+    errno it was told is fine ("already gone")."""
     await aw
     return True
 

@@ -188,8 +188,9 @@ async def settled(w: World, instance_id: str, ips: int, enis: int | None = None)
 
 
 class ProbeApi:
-    """The real adapter, probed: tracks ENI creations in flight (created, not yet seen in use) and can hang
-    forever right after one method's real call, as a leader killed at that point would."""
+    """The real adapter, probed: tracks ENI creations in flight (created, not yet seen in use), counts per ENI the
+    looks that found it still attaching, and can hang forever right after one method's real call, as a leader
+    killed at that point would."""
 
     def __init__(self, inner: BceVpcApi, hang_after: str | None = None) -> None:
         self.inner = inner
@@ -198,6 +199,8 @@ class ProbeApi:
         self.in_flight: set[str] = set()
         self.max_in_flight = 0
         self.listings: list[str | None] = []  # instance id of each list_enis call, None: the whole VPC
+        self.attaching: Counter[str] = Counter()
+        self.attached: list[str] = []  # ENI ids in the order attach_eni was called
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -210,6 +213,7 @@ class ProbeApi:
         return eni_id
 
     async def attach_eni(self, eni_id: str, instance_id: str) -> None:
+        self.attached.append(eni_id)
         await self.inner.attach_eni(eni_id, instance_id)
         await self._maybe_hang("attach_eni")
 
@@ -225,6 +229,8 @@ class ProbeApi:
         eni = await self.inner.get_eni(eni_id)
         if eni.status is EniState.INUSE:
             self.in_flight.discard(eni_id)
+        elif eni.status is EniState.ATTACHING:
+            self.attaching[eni_id] += 1
         return eni
 
     async def _maybe_hang(self, method: str) -> None:
@@ -266,13 +272,19 @@ async def _true(value: object) -> bool:
     return bool(value)
 
 
+async def one_eni_then_three(world: World) -> str:
+    """node-1 with a target of 10 secondaries (one ENI), then of 40 (three ENIs); returns its instance id."""
+    instance_id = await world.add_node(target=10)
+    await until(lambda: settled(world, instance_id, 10, enis=1), "the first ENI")
+    await world.set_target("node-1", 40)
+    await until(lambda: settled(world, instance_id, 40, enis=3), "three ENIs holding 40 secondaries")
+    return instance_id
+
+
 async def test_a_higher_target_brings_more_enis_one_creation_at_a_time(world: World) -> None:
     probe = ProbeApi(world.api)
     async with running(world, probe):
-        instance_id = await world.add_node(target=10)
-        await until(lambda: settled(world, instance_id, 10, enis=1), "the first ENI")
-        await world.set_target("node-1", 40)
-        await until(lambda: settled(world, instance_id, 40, enis=3), "three ENIs holding 40 secondaries")
+        instance_id = await one_eni_then_three(world)
 
     cloud = await world.cloud_enis(instance_id)
     assert sorted(len(e.secondary_ips) for e in cloud) == [10, 15, 15]
@@ -280,40 +292,15 @@ async def test_a_higher_target_brings_more_enis_one_creation_at_a_time(world: Wo
     assert probe.max_in_flight == 1
 
 
-class AttachPolls:
-    """Counts, per ENI, the looks that found it still attaching."""
-
-    def __init__(self, inner: VpcApi) -> None:
-        self.inner = inner
-        self.attaching: Counter[str] = Counter()
-        self.order: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def attach_eni(self, eni_id: str, instance_id: str) -> None:
-        self.order.append(eni_id)
-        await self.inner.attach_eni(eni_id, instance_id)
-
-    async def get_eni(self, eni_id: str) -> CloudEni:
-        eni = await self.inner.get_eni(eni_id)
-        if eni.status is EniState.ATTACHING:
-            self.attaching[eni_id] += 1
-        return eni
-
-
 async def test_after_one_attach_the_next_are_looked_at_when_an_attach_usually_ends(world: World) -> None:
     """The first attach is polled every attach_poll_s; then the first look waits most of the learnt attach time,
     so a steady cloud is asked a few times per ENI instead of once per poll period (cloud calls are rate-limited)."""
     await world.admin.set_settings(attach_delay_s=0.5)
-    polls = AttachPolls(world.api)
+    polls = ProbeApi(world.api)
     async with running(world, polls):
-        instance_id = await world.add_node(target=10)
-        await until(lambda: settled(world, instance_id, 10, enis=1), "the first ENI")
-        await world.set_target("node-1", 40)
-        await until(lambda: settled(world, instance_id, 40, enis=3), "three ENIs")
+        await one_eni_then_three(world)
 
-    first, *later = (polls.attaching[eni_id] for eni_id in polls.order)
+    first, *later = (polls.attaching[eni_id] for eni_id in polls.attached)
     assert len(later) == 2
     assert max(later) * 2 <= first, (first, later)
 

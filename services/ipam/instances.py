@@ -28,7 +28,7 @@ async def claim(stores: Stores, node: str, instance_id: str) -> None:
                 raise held_by(holder.value, instance_id, node)
             if holder is None and (utcnow() - current.value.claimed_at).total_seconds() < FRESH_S:
                 raise CceError(ErrorReason.CONFLICT, f"instance {instance_id} is being registered as node "
-                               f"{current.value.node}", node=node)
+                               f"{current.value.node}", node=node, holder=current.value.node)
         record = InstanceClaim(instance_id=instance_id, node=node)
         try:
             if revision is None:
@@ -46,7 +46,7 @@ async def claim(stores: Stores, node: str, instance_id: str) -> None:
 def held_by(holder: NetResourceSet, instance_id: str, node: str) -> CceError:
     then = "it is leaving: register once it is gone" if holder.status.removing else "remove that node first"
     return CceError(ErrorReason.CONFLICT, f"instance {instance_id} is registered as node {holder.name}; {then}",
-                    node=node)
+                    node=node, holder=holder.name)
 
 
 async def give_back(stores: Stores, node: str, instance_id: str) -> None:

@@ -129,7 +129,7 @@ class NodeSync:
             try:
                 record = await self._register(request) or record
             except CceError as err:
-                if err.reason is not ErrorReason.CONFLICT or "registered as node" not in err.message:
+                if err.reason is not ErrorReason.CONFLICT or "holder" not in err.details:  # not the instance's
                     raise
                 self.queue.add(name, self.recheck_s)  # the node holding the instance may leave: try again then
                 await self._problem(obj, NodeProblem(nodefacts.INSTANCE_IN_USE, err.message))

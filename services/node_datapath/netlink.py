@@ -468,7 +468,8 @@ class Kernel:
             link = await self._link(ipr, name)
             if link is None or link.kind != "ifb" or (alias is not None and link.alias != alias):
                 return False
-            return await netns.nl(f"delete ifb {name}", _mark(ipr.link("del", index=link.index)), ok=GONE) is not None
+            deleted = netns.done(ipr.link("del", index=link.index))
+            return await netns.nl(f"delete ifb {name}", deleted, ok=GONE) is not None
 
     # -- removal ------------------------------------------------------------------------------------------------
 
@@ -497,7 +498,7 @@ class Kernel:
         if rules:
             async with self._sockets() as (ipr,):
                 for rule in rules:
-                    if await netns.nl(f"delete {rule.describe()}", _mark(ipr.rule("del", **_rule_args(rule))),
+                    if await netns.nl(f"delete {rule.describe()}", netns.done(ipr.rule("del", **_rule_args(rule))),
                                       ok=GONE):
                         deleted.append(rule)
         return deleted
@@ -511,7 +512,7 @@ class Kernel:
 
     async def _quietly(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> bool:
         async with self._sockets() as (ipr,):
-            done = await netns.nl(what, _mark(call(ipr)), ok=GONE)
+            done = await netns.nl(what, netns.done(call(ipr)), ok=GONE)
         return done is not None
 
     async def _link(self, ipr: Any, name: str, where: str = "") -> Link | None:
@@ -529,11 +530,6 @@ def _redirect_target(msg: Any) -> int | None:
         if act_attrs.get("TCA_ACT_KIND") == "mirred" and parms:
             return int(parms["ifindex"])
     return None
-
-
-async def _mark(aw: Awaitable[Any]) -> bool:
-    await aw
-    return True
 
 
 def _host_routes(want: PodWant, index: int) -> tuple[Route, ...]:
