@@ -9,7 +9,9 @@ IPs first (a production node keeps a warm pool; a cold ADD waiting for the cloud
 The conflist is the one the node's cni_gateway installed (our plugin only); each of our plugins (`--plugins`,
 default: both when the native one is built, else python) is installed into a directory of its own and run with it.
 Reference: a conflist of `ptp` with `host-local` IPAM (a /16, its own data dir), run in a namespace of its own
-standing for the host.
+standing for the host. The exclusive mode's reference is `host-device` (with `host-local`) moving a link of that
+namespace into the pod and back, in the same batches and concurrency as our exclusive phases: each pod's link (a
+veth, like the simulator's ENIs) is made before its timed ADD and removed after its timed DEL.
 
 Both are executed by the same harness (cce_net/cni_runtime.py) under `nsenter --net=<node namespace>`, as a
 runtime on a namespaced node would; the cost of that wrapper alone (`nsenter ... /bin/true`) is printed too. Phases
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,7 +58,7 @@ from _table import pct  # bench/ comes first on sys.path when run as a script...
 # ...where this file's neighbour cloud.py would shadow the `cloud` package: drop bench/ before importing it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from cce_net.cni_runtime import CniNetwork, CniRuntime, conflist_from, load_conflist  # noqa: E402
+from cce_net.cni_runtime import CniNetwork, CniRuntime, RuntimeConf, conflist_from, load_conflist  # noqa: E402
 from cce_net.pods import create_netns, remove_netns  # noqa: E402
 from cce_net.stack import REFERENCE_PLUGINS, LocalStack  # noqa: E402
 from services.cni_gateway.install import NATIVE_BUILD, PLUGIN_NAME, plugin_content, write_atomically  # noqa: E402
@@ -65,7 +68,7 @@ MODES = ("vpc-eni", "vpc-route", "vpc-eni-primary", "vpc-eni-exclusive")
 MAX_PODS = {"vpc-eni": 105, "vpc-route": 200, "vpc-eni-primary": 39, "vpc-eni-exclusive": 10**6}
 
 
-def timed_runs(network: CniNetwork, command: str, items: list[tuple[str, str]],
+def timed_runs(network: CniNetwork | HostDeviceNetwork, command: str, items: list[tuple[str, str]],
                run: Callable[[str, str], object], concurrency: int) -> list[float]:
     """Run `run(container_id, netns)` for every item, `concurrency` at a time; the plugins' exec-to-exit seconds."""
     start = len(network.timings)
@@ -84,7 +87,7 @@ def timed_runs(network: CniNetwork, command: str, items: list[tuple[str, str]],
     return list(per_container.values())
 
 
-def phase(network: CniNetwork, label: str, pods: int, concurrency: int,
+def phase(network: CniNetwork | HostDeviceNetwork, label: str, pods: int, concurrency: int,
           batch: int | None = None) -> dict[str, list[float]]:
     """ADD `batch` pods (`concurrency` in flight), then DEL them; repeated until `pods` were added (batch None:
     all at once)."""
@@ -198,9 +201,47 @@ def plugin_dirs(kinds: list[str], tmp: Path) -> dict[str, Path]:
     return dirs
 
 
-def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
+class HostDeviceNetwork:
+    """The reference of the exclusive mode: `host-device` moves a link of the host (here: the reference namespace)
+    into the pod on ADD and back on DEL, `host-local` giving it an address. One conflist per pod (the plugin is told
+    its device by name); the pod's link (a veth, as the simulator's ENIs are, its peer staying behind) is made
+    before the timed exec and removed after it."""
+
+    def __init__(self, runtime: CniRuntime, host_netns: str, data_dir: Path) -> None:
+        self.runtime, self.host_netns, self.data_dir = runtime, host_netns, data_dir
+
+    @property
+    def timings(self) -> list[Any]:
+        return self.runtime.timings
+
+    def _device(self, cid: str) -> str:
+        return f"hd{zlib.crc32(cid.encode()):08x}"
+
+    def _conflist(self, cid: str) -> Any:
+        return conflist_from({"cniVersion": "1.0.0", "name": "bench-ref-device", "plugins": [{
+            "type": "host-device", "device": self._device(cid),
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.214.0.0/16"}]],
+                     "dataDir": str(self.data_dir)}}]})
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", "-n", self.host_netns, *args], check=True, capture_output=True)
+
+    def add(self, cid: str, netns: str, ifname: str, args: str) -> object:
+        self._ip("link", "add", self._device(cid), "type", "veth", "peer", "name", self._device(cid) + "p")
+        return self.runtime.run_add(self._conflist(cid), RuntimeConf(cid, netns, ifname, args, {}))
+
+    def delete(self, cid: str, netns: str, ifname: str, args: str, prev_result: Any) -> None:
+        self.runtime.run_delete(self._conflist(cid), RuntimeConf(cid, netns, ifname, args, {}), prev_result)
+        self._ip("link", "del", self._device(cid) + "p")  # the pair goes with its peer
+
+
+Phases = list[tuple[str, int, int | None, int]]  # (label, concurrency, batch, pods) of a mode's phases
+
+
+def measure_mode(mode: str, args: argparse.Namespace, tmp: Path,
+                 ) -> tuple[dict[tuple[str, str], dict[str, list[float]]], Phases]:
     """Start a one-node stack in `mode`, warm it, run the sequential and concurrent phases with each plugin, stop
-    it. Figures are keyed by (plugin and mode, phase)."""
+    it. Figures are keyed by (plugin and mode, phase); the phases are returned too (the reference repeats them)."""
     pods = min(args.pods, MAX_PODS[mode])
     pool: dict[str, object] = {"min_allocate": pods + 5, "pre_allocate": pods, "max_above_watermark": 110,
                                "cooldown_s": 0}
@@ -231,8 +272,8 @@ def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[s
             what = f"pool of {pods} free IPs"
         print(f"[{mode}] stack up in {up:.1f} s; warm ({what}) {time.monotonic() - t0 - up:.1f} s later")
         conc = min(args.concurrency, batch) if batch else args.concurrency
-        for label, concurrency, per_batch in (("sequential", 1, 1 if batch else None),
-                                              (f"{conc} concurrent", conc, batch)):
+        phases: Phases = [("sequential", 1, 1 if batch else None, pods), (f"{conc} concurrent", conc, batch, pods)]
+        for label, concurrency, per_batch, _ in phases:
             for n, (kind, network) in enumerate(networks.items()):
                 prefix = f"c{MODES.index(mode)}{label[0]}{n}"
                 figures[(f"cce/{kind} {mode}", label)] = phase(network, prefix, pods, concurrency, per_batch)
@@ -241,7 +282,7 @@ def measure_mode(mode: str, args: argparse.Namespace, tmp: Path) -> dict[tuple[s
         from services.vpc_sim.fabric import Fabric  # the simulator removes its namespaces; this is in case
 
         asyncio.run(Fabric(prefix=stack.fabric_prefix).teardown())
-    return figures
+    return figures, phases
 
 
 def restart_gateway(stack: LocalStack, node: str, env: dict[str, str], timeout: float = 60) -> None:
@@ -347,17 +388,25 @@ def main() -> None:
     ref_ns = f"cce-bench-ref{os.getpid() % 100000}"
     try:
         figures: dict[tuple[str, str], dict[str, list[float]]] = {}
+        phases: dict[str, Phases] = {}
         for mode in MODES if args.mode == "all" else (args.mode,):
-            figures.update(measure_mode(mode, args, tmp))
+            mode_figures, phases[mode] = measure_mode(mode, args, tmp)
+            figures.update(mode_figures)
         create_netns(ref_ns)
+        ref_runtime = CniRuntime([REFERENCE_PLUGINS], exec_netns=f"/run/netns/{ref_ns}")
         ref_conf = {"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [{
             "type": "ptp", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.213.0.0/16"}]],
                                     "dataDir": str(tmp / "host-local")}}]}
-        ref = CniNetwork(conflist_from(ref_conf), CniRuntime([REFERENCE_PLUGINS], exec_netns=f"/run/netns/{ref_ns}"))
+        ref = CniNetwork(conflist_from(ref_conf), ref_runtime)
         pods = min(args.pods, 105)
-        references = {"sequential": phase(ref, "rs", pods, 1)}
-        for conc in sorted({int(m.split()[0]) for _, m in figures if m != "sequential"}):
-            references[f"{conc} concurrent"] = phase(ref, f"rc{conc}x", pods, conc)
+        references: dict[tuple[str, str], dict[str, list[float]]] = {(REF, "sequential"): phase(ref, "rs", pods, 1)}
+        for conc in sorted({int(label.split()[0]) for mode, shape in phases.items() if mode != EXCLUSIVE
+                            for label, *_ in shape if label != "sequential"}):
+            references[(REF, f"{conc} concurrent")] = phase(ref, f"rc{conc}x", pods, conc)
+        if EXCLUSIVE in phases:
+            device = HostDeviceNetwork(ref_runtime, ref_ns, tmp / "host-local-device")
+            for n, (label, concurrency, batch, count) in enumerate(phases[EXCLUSIVE]):
+                references[(REF_DEVICE, label)] = phase(device, f"rd{n}x", count, concurrency, batch)
         wrap = wrapper_cost(ref_ns)
         traced = tracing_comparison(args, tmp) if args.tracing == "compare" else None
         print_table(figures, references)
@@ -366,28 +415,31 @@ def main() -> None:
         print(f"harness wrapper alone (nsenter --net=... /bin/true): p50 {ms(wrap, .5):.1f} ms, "
               f"p99 {ms(wrap, .99):.1f} ms (included in every figure above)")
         print(json.dumps({f"{p}|{m}|{op}": round(ms(v, .5), 2)
-                          for (p, m), ops in [*figures.items(), *(((REF, m), o) for m, o in references.items())]
-                          for op, v in ops.items()}))
+                          for (p, m), ops in [*figures.items(), *references.items()] for op, v in ops.items()}))
     finally:
         remove_netns(ref_ns)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 REF = "ptp+host-local"
+REF_DEVICE = "host-device+host-local"
+EXCLUSIVE = "vpc-eni-exclusive"
 
 
 def print_table(figures: dict[tuple[str, str], dict[str, list[float]]],
-                references: dict[str, dict[str, list[float]]]) -> None:
-    head = ("op", "mode", "plugin", "n", "p50 ms", "p95 ms", "p99 ms", "p50 ratio")
+                references: dict[tuple[str, str], dict[str, list[float]]]) -> None:
+    """One row per plugin, phase and command; the ratio is against the reference of that phase (host-device for
+    the exclusive mode, ptp for the others)."""
+    head = ("op", "phase", "plugin", "n", "p50 ms", "p95 ms", "p99 ms", "p50 ratio", "against")
     rows = []
-    every = [*figures.items(), *(((REF, c), o) for c, o in references.items())]
-    for (plugin, conc), ops in every:
+    for (plugin, label), ops in [*figures.items(), *references.items()]:
+        reference = plugin if plugin in (REF, REF_DEVICE) else REF_DEVICE if plugin.endswith(EXCLUSIVE) else REF
         for op, values in ops.items():
-            base = references[conc][op]
+            base = references[(reference, label)][op]
             ratio = ms(values, 0.5) / ms(base, 0.5)
-            rows.append((op, conc, plugin, str(len(values)), f"{ms(values, .5):.1f}", f"{ms(values, .95):.1f}",
-                         f"{ms(values, .99):.1f}", f"x{ratio:.2f}"))
-    rows.sort(key=lambda r: (r[1] != "sequential", r[1], r[0], r[2] == REF, r[2]))
+            rows.append((op, label, plugin, str(len(values)), f"{ms(values, .5):.1f}", f"{ms(values, .95):.1f}",
+                         f"{ms(values, .99):.1f}", f"x{ratio:.2f}", reference))
+    rows.sort(key=lambda r: (r[1] != "sequential", r[1], r[0], r[8], r[2] in (REF, REF_DEVICE), r[2]))
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, tuple("-" * w for w in widths), *rows]:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
