@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
@@ -251,6 +252,19 @@ class CceEndpoint(Contract):
     release_strategy: ReleaseStrategy | None = Field(None, description="Fixed: when the IP is released")
     release_ttl_s: float | None = Field(None, ge=0, description="Fixed, TTL: how long after the pod goes")
     psts: str = Field("", description="the key of the PodSubnetTopologySpread whose subnets the IP came from")
+
+    @property
+    def veth_name(self) -> str:
+        """The node's end of the pod's veth ("" in the exclusive mode: the pod has the ENI itself)."""
+        return "" if self.mode is NetworkMode.VPC_ENI_EXCLUSIVE else host_veth_name(self.namespace, self.pod,
+                                                                                     self.ifname)
+
+
+def host_veth_name(namespace: str, pod: str, ifname: str) -> str:
+    """A pod's host veth: 'cce' + 11 hex digits of sha1("ns/pod" [+ "/ifname" unless eth0]), 14 chars (IFNAMSIZ).
+    The node's datapath names the link so; the gateway confirms the endpoint with it while the link is made."""
+    text = f"{namespace}/{pod}" + ("" if ifname == "eth0" else f"/{ifname}")
+    return "cce" + hashlib.sha1(text.encode()).hexdigest()[:11]
 
 
 class FixedIp(Contract):

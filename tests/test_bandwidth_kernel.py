@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from schemas.messages import CheckRequest, TeardownRequest
-from schemas.records import Bandwidth, CceEndpoint
+from schemas.records import Bandwidth, CceEndpoint, host_veth_name
 from services.cni_gateway.bandwidth import limits
-from services.node_datapath.domain import host_veth_name
 from services.node_datapath.shaping import ifb_name
 from tests.privileged import NEEDS_PING_AND_IP
 from tests.test_datapath_kernel import NODE, POD_IPS, World, endpoint, ip_json, new_world, run, spec

@@ -85,6 +85,8 @@ class FakeIpam:
         self.node = node
         self.calls: list[tuple[str, str]] = []  # (verb, container id)
         self.fail_allocate: CceError | None = None
+        self.fail_confirm: CceError | None = None
+        self.confirmed: dict[str, str] = {}  # container id -> the host veth its confirm named
         self.release_gate: asyncio.Event | None = None  # when set: a release waits for it before deleting
         self.rpc: RpcServer | None = None
         self._next = 10
@@ -123,6 +125,9 @@ class FakeIpam:
 
     async def confirm(self, req: ConfirmRequest) -> ConfirmReply:
         self.calls.append(("confirm", req.container_id))
+        if self.fail_confirm is not None:
+            raise self.fail_confirm
+        self.confirmed[req.container_id] = req.host_veth
         key = endpoint_key(req.node, req.container_id, req.ifname)
         item = await self.store.get(key)
         if item is None:

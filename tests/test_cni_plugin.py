@@ -194,6 +194,23 @@ async def test_a_failed_setup_leaves_nothing_behind(cni: Cni) -> None:
     assert await cni.ipam.keys() == []
 
 
+async def test_a_failed_confirm_leaves_nothing_behind(cni: Cni) -> None:
+    """The confirm runs while the datapath sets the pod up: its failure undoes the setup and the allocation."""
+    cni.ipam.fail_confirm = CceError(ErrorReason.ENDPOINT_NOT_FOUND, "released meanwhile")
+    code, error = await cni.gw.exec("ADD", container_id="c4c")
+    assert code == 1 and error is not None
+    assert error["msg"].startswith("EndpointNotFound: ") and "confirm" in error["msg"], error
+    assert cni.datapath.verbs("setup") == ["c4c"] and cni.datapath.verbs("teardown") == ["c4c"]
+    assert cni.ipam.verbs("release") == ["c4c"] and await cni.ipam.keys() == []
+
+
+async def test_the_confirm_names_the_pods_host_veth(cni: Cni) -> None:
+    assert (await cni.gw.exec("ADD", container_id="c4d"))[0] == 0
+    item = await cni.ipam.store.get(endpoint_key(NODE, "c4d", "eth0"))
+    assert item is not None and cni.ipam.confirmed["c4d"] == item.value.veth_name == item.value.host_veth
+    assert item.value.veth_name.startswith("cce") and len(item.value.veth_name) == 14
+
+
 async def test_an_empty_pool_is_try_again_later_with_the_coded_reason(cni: Cni) -> None:
     cni.ipam.fail_allocate = CceError(ErrorReason.IP_POOL_EXHAUSTED, "node-1 has no free IP")
     code, error = await cni.gw.exec("ADD", container_id="c5")

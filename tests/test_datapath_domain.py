@@ -181,6 +181,15 @@ def test_primary_nic_and_route_pods_need_no_rules_and_exclusive_ones_have_no_vet
         pod_want(endpoint(addresses=[]), {})
 
 
+def test_an_endpoint_names_the_veth_the_datapath_makes_for_it() -> None:
+    """Unit: the gateway confirms an endpoint with `veth_name` while the datapath makes the link: the same name."""
+    for mode in (NetworkMode.VPC_ENI, NetworkMode.VPC_ENI_PRIMARY, NetworkMode.VPC_ROUTE):
+        for ifname in ("eth0", "net1"):
+            ep = endpoint(mode=mode, ifname=ifname)
+            assert ep.veth_name == pod_want(ep, {"eni-a": eni(2)}).veth
+    assert endpoint(mode=NetworkMode.VPC_ENI_EXCLUSIVE).veth_name == ""
+
+
 def test_releasing_endpoints_and_other_nodes_are_not_live() -> None:
     eps = [endpoint("c1"), endpoint("c2", state=EndpointState.RELEASING), endpoint("c3", node="node-b")]
     assert [e.container_id for e in live_endpoints(eps, "node-a")] == ["c1"]

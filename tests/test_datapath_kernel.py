@@ -35,10 +35,10 @@ from schemas.records import (
     EniState,
     NetResourceSet,
     PrivateIp,
+    host_veth_name,
 )
 from schemas.subjects import endpoint_key
 from services.node_datapath.datapath import NodeDatapath, Timing
-from services.node_datapath.domain import host_veth_name
 from services.node_datapath.netlink import Kernel
 from services.vpc_sim.fabric import Fabric, FabricSpec, InstanceSpec, NicSpec
 from tests.cluster import until

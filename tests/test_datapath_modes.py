@@ -32,10 +32,10 @@ from schemas.records import (
     NodeSpec,
     NodeStatus,
     PrivateIp,
+    host_veth_name,
 )
 from schemas.subjects import endpoint_key
 from services.node_datapath.datapath import NodeDatapath, Timing
-from services.node_datapath.domain import host_veth_name
 from services.node_datapath.netlink import Kernel
 from services.vpc_sim.fabric import Fabric, FabricSpec, InstanceSpec, NicSpec, RouteRuleSpec, eni_peer_name
 from tests.privileged import NEEDS_PING_AND_IP

@@ -24,7 +24,7 @@ from chassis.service import ServiceProcess
 from schemas.errors import CceError, ErrorReason
 from schemas.events import Event, EventKind
 from schemas.messages import CheckReply, CheckRequest, SetupReply, TeardownReply, TeardownRequest
-from schemas.records import CceEndpoint, Eni, EniLinkState, EniOnNode
+from schemas.records import CceEndpoint, Eni, EniLinkState, EniOnNode, host_veth_name
 from schemas.subjects import (
     DATAPATH_CHECK,
     DATAPATH_SETUP,
@@ -37,7 +37,6 @@ from schemas.subjects import (
     endpoint_key,
     eni_on_node_key,
 )
-from services.node_datapath.domain import host_veth_name
 from services.node_datapath.main import build
 from services.node_datapath.settings import DatapathSettings
 from tests.cluster import until

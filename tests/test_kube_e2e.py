@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cce_net.kubelocal import missing_parts
-from services.node_datapath.domain import host_veth_name
+from schemas.records import host_veth_name
 from services.node_datapath.shaping import ifb_name
 from tests.e2e_stack import Stack, in_ns, ok, running_stack, until
 from tests.privileged import NEEDS_ROOT

@@ -4,6 +4,7 @@ teardown -> ipam release (best effort, journaled when the control plane is unrea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import re
 import time
@@ -30,7 +31,6 @@ from schemas.messages import (
     CheckRequest,
     ConfirmRequest,
     ReleaseRequest,
-    SetupReply,
     SetupRequest,
     TeardownRequest,
 )
@@ -88,7 +88,7 @@ class Gateway:
                  nodes: Store[NetResourceSet], journal: ReleaseJournal,
                  netns_of: Callable[[str], NetnsState] = netns_state,
                  clock: Callable[[], datetime] = utcnow, *, events: EventPublisher | None = None,
-                 pods: Store[PodInfo] | None = None) -> None:
+                 pods: KvCache[PodInfo] | None = None) -> None:
         self.bus = bus
         self.settings = settings
         self.node = settings.node
@@ -98,7 +98,7 @@ class Gateway:
         self.netns_of = netns_of
         self.clock = clock
         self.events = events  # ADD failures are told on the bus (k8s_bridge makes them Events on the pod)
-        self.pods = pods  # the pods' facts k8s_bridge keeps: the annotations a pod's ADD honours
+        self.pods = pods  # this node's pods' facts k8s_bridge keeps (a watched view): what a pod's ADD honours
         self.busy: dict[Attachment, asyncio.Lock] = {}
         self.node_mode = "unknown"  # the node's network mode (learn_mode)
         self._users: dict[Attachment, int] = {}
@@ -243,46 +243,57 @@ class Gateway:
             raise domain.failure_of(err, "allocate") from None
         endpoint = allocated.endpoint
         _request_mode.set(endpoint.mode.value)
-        doing = "datapath setup"
+        # The node programs the pod while ipam confirms the allocation (the confirm names the veth the datapath is
+        # making): one round trip less. Either failing undoes both; a crash in between leaves a confirmed endpoint
+        # for the runtime's DEL of the failed ADD (as a crash after both, before the reply, always did).
+        setup_call = asyncio.ensure_future(call(
+            self.bus, DATAPATH_SETUP,
+            SetupRequest(node=self.node, container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+                         endpoint=endpoint),
+            timeout=self.settings.setup_timeout_s))
+        confirm_call = asyncio.ensure_future(call(
+            self.bus, IPAM_CONFIRM,
+            ConfirmRequest(node=self.node, container_id=req.container_id, ifname=req.ifname,
+                           host_veth=endpoint.veth_name),
+            timeout=self.settings.call_timeout_s))
+        steps = {"datapath setup": setup_call, "confirm": confirm_call}
         try:
-            setup: SetupReply = await call(
-                self.bus, DATAPATH_SETUP,
-                SetupRequest(node=self.node, container_id=req.container_id, ifname=req.ifname, netns=req.netns,
-                             endpoint=endpoint),
-                timeout=self.settings.setup_timeout_s)
-            doing = "confirm"
-            await call(self.bus, IPAM_CONFIRM,
-                       ConfirmRequest(node=self.node, container_id=req.container_id, ifname=req.ifname,
-                                      host_veth=setup.host_veth),
-                       timeout=self.settings.call_timeout_s)
-        except CceError as err:
-            log.warning("ADD failed after allocation, undoing", container_id=req.container_id, step=doing,
-                        reason=err.reason.value, error=err.message)
-            await self._undo(req, endpoint)
-            raise domain.failure_of(err, doing) from None
+            await asyncio.wait(steps.values())
         except BaseException:
+            for step in steps.values():
+                step.cancel()
             await asyncio.shield(self._undo(req, endpoint))
             raise
-        return domain.build_result(req.version, setup)
+        failed = [(doing, error) for doing, step in steps.items() if (error := step.exception()) is not None]
+        if failed:
+            doing, error = failed[0]
+            if isinstance(error, CceError):
+                log.warning("ADD failed after allocation, undoing", container_id=req.container_id, step=doing,
+                            reason=error.reason.value, error=error.message)
+            await asyncio.shield(self._undo(req, endpoint))
+            if not isinstance(error, CceError):
+                raise error
+            raise domain.failure_of(error, doing) from None
+        return domain.build_result(req.version, setup_call.result())
 
     async def _pod_info(self, req: CniRequest) -> PodInfo | None:
-        """The pod's facts from k8s_bridge (None without them). A pod just created may not be there yet: with
-        `pod_info_wait_s`, the ADD waits that long for its record (of the same uid, when the runtime gave one)."""
+        """The pod's facts from k8s_bridge (None without them), as this node's watched view of them holds them. A pod
+        just created may not be there yet: with `pod_info_wait_s`, the ADD waits that long for its record (of the
+        same uid, when the runtime gave one) to arrive in the view."""
         if self.pods is None or req.pod is None or not req.args.get("K8S_POD_NAME"):
             return None
-        key = pod_key(self.node, req.pod.namespace, req.pod.name)
-        deadline = time.monotonic() + self.settings.pod_info_wait_s
-        while True:
-            try:
-                item = await self.pods.get(key)
-            except Exception as err:  # the pod's options are a nicety; the ADD goes on without them
-                log.warning("cannot read the pod's record", key=key, error=repr(err))
-                return None
-            if item is not None and (not req.pod.uid or item.value.uid == req.pod.uid):
-                return item.value
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.05)
+        pods, pod = self.pods, req.pod
+        key = pod_key(self.node, pod.namespace, pod.name)
+
+        def found() -> PodInfo | None:
+            info = pods.get(key)
+            return info if info is not None and (not pod.uid or info.uid == pod.uid) else None
+
+        if (info := found()) is not None or self.settings.pod_info_wait_s <= 0:
+            return info
+        with contextlib.suppress(TimeoutError):
+            await pods.wait_for(lambda _items: found() is not None, self.settings.pod_info_wait_s)
+        return found()
 
     async def _tell_add_failed(self, req: CniRequest, failure: CniFailure) -> None:
         if self.events is None or req.pod is None:

@@ -35,8 +35,8 @@ async def build(proc: ServiceProcess) -> CniGateway:
                  conflist=str(installed.conflist), changed=installed.changed)
     journal = ReleaseJournal(settings.state_dir)
     own = await proc.cache(ENDPOINTS, keys=f"{subject_token(settings.node)}.>")  # this node's endpoints only
-    gateway = Gateway(proc.bus, settings, own, await proc.store(NODES), journal,
-                      events=proc.events, pods=await proc.store(PODS))
+    pods = await proc.cache(PODS, keys=f"{subject_token(settings.node)}.>")  # this node's pods' records
+    gateway = Gateway(proc.bus, settings, own, await proc.store(NODES), journal, events=proc.events, pods=pods)
     await gateway.learn_mode()
     server = SocketServer(settings.cni_socket, gateway.handle, settings.max_request_bytes, settings.read_timeout_s)
     await server.start()

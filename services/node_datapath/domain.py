@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 
 from chassis.netns import Link
 from schemas.base import NetworkMode
-from schemas.records import CceEndpoint, EndpointState, Eni, EniLinkState, EniOnNode, EniState, EniUse, NetResourceSet
+from schemas.records import (
+    CceEndpoint,
+    EndpointState,
+    Eni,
+    EniLinkState,
+    EniOnNode,
+    EniState,
+    EniUse,
+    NetResourceSet,
+    host_veth_name,
+)
 from schemas.subjects import endpoint_key
 
 RULE_TO_POD = 512  # to podIP lookup main
@@ -47,12 +57,6 @@ class PlanError(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Names
-
-
-def host_veth_name(namespace: str, pod: str, ifname: str) -> str:
-    """'cce' + 11 hex digits of sha1("ns/pod" [+ "/ifname" unless eth0]): 14 chars, within IFNAMSIZ."""
-    text = f"{namespace}/{pod}" + ("" if ifname == "eth0" else f"/{ifname}")
-    return "cce" + hashlib.sha1(text.encode()).hexdigest()[:11]
 
 
 def veth_alias(key: str) -> str:
