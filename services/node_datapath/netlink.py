@@ -308,24 +308,11 @@ class Kernel:
         or whose pod side is missing, is replaced."""
         changes: list[str] = []
         async with self._sockets(pod_ns) as (node, pod):
-            veth = await self._link(node, want.veth)
-            pod_if = None if veth is None else await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
-            keep = (veth is not None and veth.alias == want.alias and pod_if is not None
-                    and pod_if.mac == want.pod_mac)
-            if veth is not None and not keep:
-                await netns.nl(f"delete {want.veth} ({veth.alias or 'no alias'}) to replace it",
-                               node.link("del", index=veth.index), ok=GONE)
-                changes.append(f"replace host veth {want.veth} ({veth.alias or 'no alias'})")
-                veth = None
-            if veth is None:
-                try:
-                    await self._create_pair(node, want, pod_ns)
-                except NetnsError as exc:
-                    if exc.errno in EXISTS and await self._link(pod, want.ifname, f"pod namespace {pod_ns}"):
-                        raise NetnsError(f"interface {want.ifname} already exists in {pod_ns} (not ours: its host "
-                                         f"veth {want.veth} is missing)", code=exc.errno) from exc
-                    raise
+            # a new pod's pair is made at once; only when a link of either name is there already is it looked at
+            if await self._create_pair(node, want, pod_ns, ok=EXISTS):
                 changes.append(f"create veth {want.veth} <-> {want.ifname}")
+            else:
+                changes += await self._complete_pair(node, pod, want, pod_ns)
             veth = await self._link(node, want.veth)
             pod_if = await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
             if veth is None or pod_if is None:
@@ -337,14 +324,40 @@ class Kernel:
                                             rules=want.rules()), node)
         return changes
 
-    async def _create_pair(self, node: Any, want: PodWant, pod_ns: str) -> None:
+    async def _complete_pair(self, node: Any, pod: Any, want: PodWant, pod_ns: str) -> list[str]:
+        """A link of the pair's names exists: an existing pair of this endpoint is kept, a veth of that name
+        belonging to another endpoint (or whose pod side is missing) replaced; an interface of the pod's name
+        without its host veth is not ours to take."""
+        changes: list[str] = []
+        veth = await self._link(node, want.veth)
+        pod_if = None if veth is None else await self._link(pod, want.ifname, f"pod namespace {pod_ns}")
+        if veth is not None and veth.alias == want.alias and pod_if is not None and pod_if.mac == want.pod_mac:
+            return changes
+        if veth is not None:
+            await netns.nl(f"delete {want.veth} ({veth.alias or 'no alias'}) to replace it",
+                           node.link("del", index=veth.index), ok=GONE)
+            changes.append(f"replace host veth {want.veth} ({veth.alias or 'no alias'})")
+        try:
+            await self._create_pair(node, want, pod_ns)
+        except NetnsError as exc:
+            if exc.errno in EXISTS and await self._link(pod, want.ifname, f"pod namespace {pod_ns}"):
+                raise NetnsError(f"interface {want.ifname} already exists in {pod_ns} (not ours: its host "
+                                 f"veth {want.veth} is missing)", code=exc.errno) from exc
+            raise
+        changes.append(f"create veth {want.veth} <-> {want.ifname}")
+        return changes
+
+    async def _create_pair(self, node: Any, want: PodWant, pod_ns: str, ok: frozenset[int] = frozenset()) -> bool:
+        """Make the veth pair, its peer in the pod; False when an errno in `ok` said no."""
         fd = os.open(netns.netns_path(pod_ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             peer = {"ifname": want.ifname, "net_ns_fd": fd, "address": want.pod_mac}
-            await netns.nl(f"create veth {want.veth} with peer {want.ifname} in {pod_ns}",
-                           node.link("add", ifname=want.veth, kind="veth", address=want.host_mac, peer=peer))
+            done = await netns.nl(f"create veth {want.veth} with peer {want.ifname} in {pod_ns}",
+                                  netns.done(node.link("add", ifname=want.veth, kind="veth", address=want.host_mac,
+                                                       peer=peer)), ok=ok)
         finally:
             os.close(fd)
+        return done is not None
 
     async def _pod_side(self, pod: Any, want: PodWant, index: int, host_mac: str) -> None:
         ifname = want.ifname
