@@ -77,7 +77,6 @@ class _Meters:
 
     def __init__(self, service: str, endpoint: str) -> None:
         self.service, self.endpoint = service, endpoint
-        self.in_flight = IN_FLIGHT.labels(service)
         self.latency = LATENCY.labels(service, endpoint)
         self._outcomes: dict[str, Any] = {}
 
@@ -117,6 +116,7 @@ class RpcServer:
         self._accepting = True
 
     async def start(self) -> None:
+        IN_FLIGHT.labels(self.name).set_function(lambda: len(self._inflight))  # read when scraped
         self._service = await add_service(
             self.bus.nc, name=self.name, version=self.version, description=self.description,
             metadata=self.metadata, queue_group=self.name, stats_handler=self._stats,
@@ -179,7 +179,6 @@ class RpcServer:
         started = time.perf_counter()
         outcome = "ok"
         meters = self._meters[spec.name]
-        meters.in_flight.inc()
         try:
             try:
                 request = spec.request.model_validate_json(req.data)
@@ -191,7 +190,10 @@ class RpcServer:
                 raise CceError(ErrorReason.INVALID_REQUEST,
                                f"invalid field 'node': {node!r} does not match the subject's node {token!r}",
                                fields=["node"])
-            with tracing.server_span(f"{self.name}.{spec.name}", req.headers, {tracing.NODE: node or token}):
+            if tracing.active():
+                with tracing.server_span(f"{self.name}.{spec.name}", req.headers, {tracing.NODE: node or token}):
+                    reply = await handler(request)
+            else:
                 reply = await handler(request)
             await req.respond(reply.model_dump_json().encode())
         except CceError as err:
@@ -202,7 +204,6 @@ class RpcServer:
             log.exception("handler failed", endpoint=spec.name, subject=req.subject)
             await self._reply_error(req, CceError(ErrorReason.INTERNAL, repr(err)), spec.name)
         finally:
-            meters.in_flight.dec()
             meters.outcome(outcome).inc()
             meters.latency.observe(time.perf_counter() - started)
 

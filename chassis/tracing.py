@@ -111,8 +111,15 @@ def traceparent() -> str | None:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
+def active() -> bool:
+    """Whether this process records spans (CCE_TRACING): without, no request of its is in a trace."""
+    return _current is not None
+
+
 def headers() -> dict[str, str] | None:
     """Headers that carry the current trace on a bus request (None outside a trace: nothing to add)."""
+    if _current is None:
+        return None
     parent = traceparent()
     return None if parent is None else {TRACEPARENT: parent}
 
