@@ -164,10 +164,14 @@ class ExclusiveEnis:
         node = await dp.kernel.links()
         changes: list[str] = []
         plan = plan_exclusive_return(eni_id, mac, pod, node, original) if mac else None
-        if plan is not None:
-            changes = await dp.kernel.return_exclusive(plan, pod_ns)
-            node = await dp.kernel.links()
-        await self._report_idle(eni_id, mac, node, before)
+        if plan is None:
+            await self._report_idle(eni_id, mac, node, before)
+            return changes
+        changes = await dp.kernel.return_exclusive(plan, pod_ns)
+        if changes:  # moved: the link is on the node under the plan's name (no second look at every link)
+            await self.dp.put_record(idle_record(eni_id, dp.node, plan.name, before))
+        else:  # gone from the pod meanwhile: wherever it went
+            await self._report_idle(eni_id, mac, await dp.kernel.links(), before)
         return changes
 
     async def _report_idle(self, eni_id: str, mac: str, node: NetState, before: EniOnNode | None) -> None:
