@@ -19,7 +19,8 @@ per variant: `--pods` ADDs one after another, then their DELs one after another;
 `--concurrency` in flight (each phase runs for every plugin, one plugin after the other). Pod namespaces are
 created before and removed after the timed calls.
 
-Modes (`--mode`, or `all`: one stack per mode, one after the other, the reference measured once):
+Modes (`--mode`, or `all`: one stack per mode, one after the other; `ptp` is measured before them, the base of the
+ratios, and again after them, printed as the drift the kernel's background cleanup of the pods' namespaces adds):
 - vpc-eni: as above (up to 105 pods: a node's ENIs hold that many IPs).
 - vpc-route: pods from the node's CIDR (up to 200); ready once the node has its CIDR and router address.
 - vpc-eni-primary: a BBC node, pods on its primary NIC (39 at most: 40 IPs, the NIC's own included).
@@ -387,11 +388,6 @@ def main() -> None:
         return
     ref_ns = f"cce-bench-ref{os.getpid() % 100000}"
     try:
-        figures: dict[tuple[str, str], dict[str, list[float]]] = {}
-        phases: dict[str, Phases] = {}
-        for mode in MODES if args.mode == "all" else (args.mode,):
-            mode_figures, phases[mode] = measure_mode(mode, args, tmp)
-            figures.update(mode_figures)
         create_netns(ref_ns)
         ref_runtime = CniRuntime([REFERENCE_PLUGINS], exec_netns=f"/run/netns/{ref_ns}")
         ref_conf = {"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [{
@@ -399,10 +395,22 @@ def main() -> None:
                                     "dataDir": str(tmp / "host-local")}}]}
         ref = CniNetwork(conflist_from(ref_conf), ref_runtime)
         pods = min(args.pods, 105)
-        references: dict[tuple[str, str], dict[str, list[float]]] = {(REF, "sequential"): phase(ref, "rs", pods, 1)}
-        for conc in sorted({int(label.split()[0]) for mode, shape in phases.items() if mode != EXCLUSIVE
-                            for label, *_ in shape if label != "sequential"}):
-            references[(REF, f"{conc} concurrent")] = phase(ref, f"rc{conc}x", pods, conc)
+        modes = MODES if args.mode == "all" else (args.mode,)
+
+        def ptp_phases(when: str) -> dict[tuple[str, str], dict[str, list[float]]]:
+            return {(REF, "sequential"): phase(ref, f"rs{when}", pods, 1),
+                    (REF, f"{args.concurrency} concurrent"): phase(ref, f"rc{when}", pods, args.concurrency)}
+
+        # ptp is measured before our stacks (the ratios' base: a machine nothing ran on yet) and again after them:
+        # the kernel cleans up the namespaces of hundreds of pods in the background for a while, and the drift
+        # between the two shows how much that weighs on whatever runs next
+        references = ptp_phases("b") if set(modes) - {EXCLUSIVE} else {}
+        figures: dict[tuple[str, str], dict[str, list[float]]] = {}
+        phases: dict[str, Phases] = {}
+        for mode in modes:
+            mode_figures, phases[mode] = measure_mode(mode, args, tmp)
+            figures.update(mode_figures)
+        after = ptp_phases("a") if references else {}
         if EXCLUSIVE in phases:
             device = HostDeviceNetwork(ref_runtime, ref_ns, tmp / "host-local-device")
             for n, (label, concurrency, batch, count) in enumerate(phases[EXCLUSIVE]):
@@ -412,6 +420,10 @@ def main() -> None:
         print_table(figures, references)
         if traced is not None:
             print_tracing(traced, args.plugins[-1])
+        for (_, label), ops in after.items():
+            print(f"{REF} again after our stacks, {label}: " + ", ".join(
+                f"{op} p50 {ms(v, .5):.1f} ms (x{ms(v, .5) / ms(references[(REF, label)][op], .5):.2f} of before)"
+                for op, v in ops.items()))
         print(f"harness wrapper alone (nsenter --net=... /bin/true): p50 {ms(wrap, .5):.1f} ms, "
               f"p99 {ms(wrap, .99):.1f} ms (included in every figure above)")
         print(json.dumps({f"{p}|{m}|{op}": round(ms(v, .5), 2)
