@@ -160,13 +160,14 @@ class ExclusiveEnis:
         """Move the link home from `pod_ns` if it is there, then report where it is. Called under the ENI's lock."""
         dp = self.dp
         original = before.original_name if before else ""
-        pod = await dp.kernel.pod_state(pod_ns) if pod_ns and mac else None
-        node = await dp.kernel.links()
-        changes: list[str] = []
-        plan = plan_exclusive_return(eni_id, mac, pod, node, original) if mac else None
-        if plan is None:
-            await self._report_idle(eni_id, mac, node, before)
-            return changes
+        pod = await dp.kernel.pod_links(pod_ns) if pod_ns and mac else None
+        if pod is None or pod.link_by_mac(mac) is None:  # not in the pod (gone with it, or home already)
+            await self._report_idle(eni_id, mac, await dp.kernel.links(), before)
+            return []
+        # whether its original name is free on the node: one link looked up, not all of them
+        named = await dp.kernel.link(original) if original else None
+        plan = plan_exclusive_return(eni_id, mac, pod, NetState(links=(named,) if named else ()), original)
+        assert plan is not None
         changes = await dp.kernel.return_exclusive(plan, pod_ns)
         if changes:  # moved: the link is on the node under the plan's name (no second look at every link)
             await self.dp.put_record(idle_record(eni_id, dp.node, plan.name, before))

@@ -150,6 +150,16 @@ class Kernel:
                 return None
             raise
 
+    async def pod_links(self, pod_ns: str) -> NetState | None:
+        """The pod namespace's links and addresses; None when the namespace is gone."""
+        try:
+            async with self._sockets(pod_ns) as (_, pod):
+                return await _read_links(pod, f"pod namespace {pod_ns}")
+        except NetnsError as exc:
+            if exc.errno in GONE:
+                return None
+            raise
+
     async def sysctls(self, values: dict[str, str]) -> list[str]:
         return netns.write_sysctls(self.node_ns, values)
 
