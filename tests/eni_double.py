@@ -180,9 +180,11 @@ class EniDouble:
         for eni in self.enis_of(node):
             keep = [p for p in eni.private_ips if p.primary or str(p.ip) not in confirmed]
             if len(keep) != len(eni.private_ips):
-                deleted += [str(p.ip) for p in eni.private_ips if p not in keep]
+                gone = [str(p.ip) for p in eni.private_ips if p not in keep]
+                deleted += gone
+                # counted before the ENI changes: whoever sees the IP off the ENI sees it deleted too
+                self.deleted_ips += gone
                 await self._write(eni.model_copy(update={"private_ips": keep}))
-        self.deleted_ips += deleted
         return deleted
 
     async def remove_node(self, node: str) -> None:
