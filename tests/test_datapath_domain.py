@@ -22,6 +22,7 @@ from schemas.records import (
     NodeSpec,
     NodeStatus,
     PrivateIp,
+    host_veth_name,
 )
 from services.node_datapath.domain import (
     MAIN_TABLE,
@@ -44,7 +45,6 @@ from services.node_datapath.domain import (
     exclusive_want,
     find_orphan_enis,
     find_stale,
-    host_veth_name,
     idle_record,
     key_of_alias,
     live_endpoints,

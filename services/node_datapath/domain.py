@@ -22,17 +22,7 @@ from dataclasses import dataclass, field
 
 from chassis.netns import Link
 from schemas.base import NetworkMode
-from schemas.records import (
-    CceEndpoint,
-    EndpointState,
-    Eni,
-    EniLinkState,
-    EniOnNode,
-    EniState,
-    EniUse,
-    NetResourceSet,
-    host_veth_name,
-)
+from schemas.records import CceEndpoint, EndpointState, Eni, EniLinkState, EniOnNode, EniState, EniUse, NetResourceSet
 from schemas.subjects import endpoint_key
 
 RULE_TO_POD = 512  # to podIP lookup main
@@ -260,7 +250,7 @@ def pod_want(ep: CceEndpoint, enis: Mapping[str, Eni]) -> PodWant:
     key = endpoint_key(ep.node, ep.container_id, ep.ifname)
     return PodWant(
         key=key, container_id=ep.container_id, ifname=ep.ifname,
-        veth=host_veth_name(ep.namespace, ep.pod, ep.ifname), ip=str(address.ip), gateway=str(address.gateway),
+        veth=ep.veth_name, ip=str(address.ip), gateway=str(address.gateway),
         table=table, eni_id=address.eni_id, host_mac=derived_mac(f"host {key}"), pod_mac=derived_mac(f"pod {key}"),
     )
 

@@ -160,7 +160,7 @@ class ExclusiveEnis:
         """Move the link home from `pod_ns` if it is there, then report where it is. Called under the ENI's lock."""
         dp = self.dp
         original = before.original_name if before else ""
-        pod = await dp.kernel.pod_links(pod_ns) if pod_ns and mac else None
+        pod = await dp.kernel.pod_state(pod_ns, links_only=True) if pod_ns and mac else None
         if pod is None or pod.link_by_mac(mac) is None:  # not in the pod (gone with it, or home already)
             await self._report_idle(eni_id, mac, await dp.kernel.links(), before)
             return []
@@ -170,7 +170,7 @@ class ExclusiveEnis:
         assert plan is not None
         changes = await dp.kernel.return_exclusive(plan, pod_ns)
         if changes:  # moved: the link is on the node under the plan's name (no second look at every link)
-            await self.dp.put_record(idle_record(eni_id, dp.node, plan.name, before))
+            await dp.put_record(idle_record(eni_id, dp.node, plan.name, before))
         else:  # gone from the pod meanwhile: wherever it went
             await self._report_idle(eni_id, mac, await dp.kernel.links(), before)
         return changes

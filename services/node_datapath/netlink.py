@@ -140,21 +140,12 @@ class Kernel:
         async with self._sockets() as (node,):
             return await _read(node, self.where)
 
-    async def pod_state(self, pod_ns: str) -> NetState | None:
-        """The pod namespace's state; None when the namespace is gone."""
+    async def pod_state(self, pod_ns: str, *, links_only: bool = False) -> NetState | None:
+        """The pod namespace's state (`links_only`: its links and addresses); None when the namespace is gone."""
+        where = f"pod namespace {pod_ns}"
         try:
             async with self._sockets(pod_ns) as (_, pod):
-                return await _read(pod, f"pod namespace {pod_ns}", rules=False)
-        except NetnsError as exc:
-            if exc.errno in GONE:
-                return None
-            raise
-
-    async def pod_links(self, pod_ns: str) -> NetState | None:
-        """The pod namespace's links and addresses; None when the namespace is gone."""
-        try:
-            async with self._sockets(pod_ns) as (_, pod):
-                return await _read_links(pod, f"pod namespace {pod_ns}")
+                return await (_read_links(pod, where) if links_only else _read(pod, where, rules=False))
         except NetnsError as exc:
             if exc.errno in GONE:
                 return None
