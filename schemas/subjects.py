@@ -228,7 +228,7 @@ class Bucket:
 NODES = Bucket("cce_nodes", NetResourceSet, IPAM, "<node>",
                readers=(ENI_MANAGER, ROUTE_MANAGER, NODE_DATAPATH, CNI_GATEWAY, K8S_BRIDGE))
 ENDPOINTS = Bucket("cce_endpoints", CceEndpoint, IPAM, "<node>.<container_id>.<ifname>",
-                   readers=(NODE_DATAPATH, CNI_GATEWAY, K8S_BRIDGE), node_scoped=True)
+                   readers=(NODE_DATAPATH, CNI_GATEWAY, K8S_BRIDGE, ENI_MANAGER), node_scoped=True)
 ENIS = Bucket("cce_enis", Eni, ENI_MANAGER, "<eni_id>", readers=(IPAM, NODE_DATAPATH, K8S_BRIDGE))
 ENI_ON_NODE = Bucket("cce_eni_node", EniOnNode, NODE_DATAPATH, "<node>.<eni_id>", node_scoped=True)
 SUBNETS = Bucket("cce_subnets", Subnet, ENI_MANAGER, "<subnet_id>", readers=(K8S_BRIDGE, IPAM))

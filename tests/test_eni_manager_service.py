@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ from schemas.base import InstanceType, NetworkMode, subject_token, utcnow
 from schemas.errors import ErrorReason
 from schemas.events import Event
 from schemas.records import (
+    CceEndpoint,
+    EndpointAddress,
     Eni,
     EniProvision,
     EniState,
@@ -34,7 +37,7 @@ from schemas.records import (
     ReleaseMark,
     ReleaseState,
 )
-from schemas.subjects import ENI_MANAGER, ENIS, EVENTS_WILDCARD, NODES, POOLS, PROVISION
+from schemas.subjects import ENDPOINTS, ENI_MANAGER, ENIS, EVENTS_WILDCARD, NODES, POOLS, PROVISION
 from services.eni_manager.main import wire_manager
 from services.eni_manager.reconciler import Reconciler
 from services.eni_manager.settings import EniManagerSettings
@@ -544,7 +547,7 @@ async def _a_pod_of_node_1_holds(world: World, manager: Manager, ip: str) -> Non
 
     def hold(pool: NodePool | None) -> NodePool:
         assert pool is not None
-        return pool.model_copy(update={"allocated": {**pool.allocated, ip: "node-1.pod-a.eth0"}})
+        return pool.model_copy(update={"allocated": {**pool.allocated, ip: POD_A}})
 
     await world.pools.mutate(subject_token("node-1"), hold)
     await until(lambda: _true(manager.knows_pod_ip("node-1", ip)), "the pool holding seen by the manager")
@@ -608,6 +611,62 @@ async def test_an_ip_a_pod_holds_taken_off_its_eni_behind_our_back_is_put_back(w
         assert await _has(world, one, ip)
         await until(lambda: _listed_is(world, ip, [eni_1]), "the record listing it again")
         await until(lambda: settled(world, one, 5, enis=1), "node-1 as before")
+
+
+async def test_a_pod_ip_a_resync_dropped_before_the_claim_was_seen_is_put_back_on_the_pods_eni(
+        world: World, bus: Bus) -> None:
+    """The cloud loses a free IP; a resync drops it from the record; ipam (reading the record before the drop) hands
+    it to a pod. No ENI record carries the pod's IP: it goes back onto the ENI the pod's endpoint names."""
+    async with running(world) as manager:
+        one, eni_1, ip = await _a_free_ip_lost_and_dropped(world)
+        await _handed_to_a_pod_of_node_1(world, bus, manager, ip, eni_1)
+        await until(lambda: _listed_is(world, ip, [eni_1]), "the record listing the pod's IP again")
+        assert await _has(world, one, ip)
+        [restored] = [e for e in world.seen("ip", "restored") if ip in e.data["ips"]]
+        assert restored.object == eni_1 and restored.data["endpoint"] == POD_A
+
+
+async def test_a_dropped_pod_ip_the_cloud_gave_to_something_else_is_reported_lost_once(
+        world: World, bus: Bus) -> None:
+    async with running(world) as manager:
+        _one, eni_1, ip = await _a_free_ip_lost_and_dropped(world)
+        info = await world.admin.info()
+        await world.api.create_eni(name="not-ours", subnet_id=info["subnets"][0]["subnetId"], security_group_ids=[],
+                                   primary_ip=ip)
+        await _handed_to_a_pod_of_node_1(world, bus, manager, ip, eni_1)
+        await until(lambda: _true(world.seen("ip", "lost")), "a lost event")
+        reconciler = manager.reconciler
+        assert reconciler is not None
+        done = reconciler.rounds_done("node-1")
+        await until(lambda: _true(reconciler.rounds_done("node-1") >= done + 3), "three more rounds of node-1")
+        [lost] = world.seen("ip", "lost")
+        assert lost.object == eni_1 and lost.data["ips"] == [ip] and lost.reason is ErrorReason.IP_IN_USE
+        assert await _listed_is(world, ip, []) and not world.seen("ip", "restored")
+
+
+POD_A = "node-1.pod-a.eth0"
+
+
+async def _a_free_ip_lost_and_dropped(world: World) -> tuple[str, str, str]:
+    """node-1 settled with 5 IPs; its lowest, free, taken off its ENI in the cloud and dropped from the record by a
+    resync (the node wants 4 by then: no refill gives the address back). Returns the instance, ENI and address."""
+    one = await world.add_node("node-1", target=5)
+    await until(lambda: settled(world, one, 5, enis=1), "node-1 settled")
+    eni_1, ip = await _lowest_secondary(world, one)
+    await world.set_target("node-1", 4)
+    await world.api.remove_private_ips(eni_1, [ip])
+    await until(lambda: _listed_is(world, ip, []), "a resync dropping the free IP from the record")
+    assert not world.seen("ip", "restored")
+    return one, eni_1, ip
+
+
+async def _handed_to_a_pod_of_node_1(world: World, bus: Bus, manager: Manager, ip: str, eni_id: str) -> None:
+    """What ipam writes for a pod given the IP on the ENI: its endpoint, then the pool's claim."""
+    endpoints: Store[CceEndpoint] = Store(await bus.bucket(ENDPOINTS), CceEndpoint, ENDPOINTS.name)
+    address = EndpointAddress(ip=IPv4Address(ip), gateway=IPv4Address("10.0.0.1"), eni_id=eni_id)
+    await endpoints.create(POD_A, CceEndpoint(node="node-1", container_id="pod-a", ifname="eth0", namespace="ns",
+                                              pod="a", addresses=[address]))
+    await _a_pod_of_node_1_holds(world, manager, ip)
 
 
 async def _settled_count(world: World, instance_id: str, ips: int) -> bool:

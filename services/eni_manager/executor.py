@@ -17,7 +17,7 @@ from cloud.port import CloudEni, VpcApi
 from schemas.base import utcnow
 from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind, Severity
-from schemas.records import Eni, EniState
+from schemas.records import Eni, EniState, EniUse, NodePool
 from services.eni_manager.assign import target_eni
 from services.eni_manager.domain import (
     Action,
@@ -43,12 +43,17 @@ log = get_logger("eni_manager.executor")
 
 Sleep = Callable[[float], Awaitable[None]]
 PodNodes = Callable[[str], Collection[str]]  # ip -> the nodes whose pool holds it for a pod
+EndpointEni = Callable[[str], Awaitable[str | None]]  # endpoint key -> the ENI its IP was handed out on
 # a named IP the cloud will not put back on its ENI: it went to something else, or there is no room for it
 LOST = frozenset({ErrorReason.IP_IN_USE, ErrorReason.ENI_CAPACITY_EXCEED, ErrorReason.SUBNET_NO_MORE_IP})
 
 
 def no_pods(_ip: str) -> Collection[str]:
     return ()
+
+
+async def no_endpoints(_key: str) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,11 @@ class Timing:
 
 class Executor:
     def __init__(self, api: VpcApi, ledger: Ledger, subnets: SubnetMirror, events: EventPublisher,
-                 timing: Timing, sleep: Sleep = asyncio.sleep, pod_nodes: PodNodes = no_pods) -> None:
+                 timing: Timing, sleep: Sleep = asyncio.sleep, pod_nodes: PodNodes = no_pods,
+                 endpoint_eni: EndpointEni = no_endpoints) -> None:
         self.api = api
         self.pod_nodes = pod_nodes
+        self.endpoint_eni = endpoint_eni
         self.ledger = ledger
         self.subnets = subnets
         self.events = events
@@ -88,6 +95,7 @@ class Executor:
         self._settle_s: dict[EniState, float] = {}  # how long our attaches (INUSE) and detaches took, learnt
         self.unavailable: set[str] = set()  # named IPs the cloud said are in use by something not ours
         self.held_back: dict[str, str] = {}  # IP -> node of the ENI the cloud put it on, kept off its record
+        self._unrestorable: dict[str, dict[str, str]] = {}  # node -> IP -> endpoint: a stray the cloud refused
 
     async def run(self, ctx: NodeContext, action: Action) -> None:
         match action:
@@ -485,6 +493,58 @@ class Executor:
                                       message=f"{len(restored)} IPs of pods were taken off {after.eni_id} in the "
                                               "cloud and are put back")
         return with_ips(after, add=restored, now=after.synced_at) if restored else after
+
+    async def restore_strays(self, ctx: NodeContext, pool: NodePool | None) -> None:
+        """Pod IPs of the node that no ENI record carries go back onto the ENI their pod got them on. A resync drops
+        an IP the cloud lost while no pod held it, and ipam may hand that IP out meanwhile (it read the ENI record
+        before the drop, or the resync read the pool before the claim): the pod's claim is the later fact, so the
+        IP is put back. One the cloud refuses is lost to its pod (an event says so) and not asked for again while
+        that pod holds it."""
+        if pool is None:
+            return
+        refused = {ip: key for ip, key in self._unrestorable.pop(ctx.node, {}).items() if pool.allocated.get(ip) == key}
+        try:
+            for ip, key in pool.allocated.items():
+                if refused.get(ip) != key and ip not in self.ledger.moving and ip not in self.held_back \
+                        and not self._carried(ip) and not await self._restore_stray(ctx, ip, key):
+                    refused[ip] = key
+        finally:
+            if refused:
+                self._unrestorable[ctx.node] = refused
+
+    async def _restore_stray(self, ctx: NodeContext, ip: str, key: str) -> bool:
+        """False: the cloud refused it (lost to its pod)."""
+        eni_id = await self.endpoint_eni(key)
+        record = self.ledger.enis.get(eni_id) if eni_id else None
+        if (record is None or record.node != ctx.node or record.use is not EniUse.SECONDARY_IPS
+                or record.state is not EniState.INUSE):
+            log.debug("a pod IP no ENI record carries, its ENI not one to put it on", node=ctx.node, ip=ip,
+                      endpoint=key, eni_id=eni_id)
+            return True
+        try:
+            added = await self.api.add_private_ips(record.eni_id, ips=[ip])
+        except CceError as err:
+            if err.reason not in LOST:
+                raise
+            cloud = await self._get_or_none(record.eni_id)
+            if cloud is not None and ip in cloud.secondary_ips:  # it is there: the record lagged the cloud
+                await self.record(ctx, cloud, announce=True)
+                return True
+            await self._lost(ctx.node, record.eni_id, [ip], err)
+            return False
+        current = self.ledger.enis.get(record.eni_id) or record
+        await self.put(ctx, with_ips(current, add=added, now=utcnow()))
+        await self.events.publish(EventKind.IP, "restored", node=ctx.node, object=record.eni_id, count=1, ips=[ip],
+                                  endpoint=key, severity=Severity.WARNING,
+                                  message=f"{ip}, a pod's, was on no ENI record of {ctx.node} (the cloud lost it "
+                                          f"while it was free and ipam handed it out): put back on {record.eni_id}")
+        return True
+
+    def _carried(self, ip: str) -> bool:
+        try:
+            return self.ledger.enis.holder(IPv4Address(ip)) is not None
+        except ValueError:
+            return True  # not an address: nothing to put back
 
     async def _restore_one(self, ctx: NodeContext, eni_id: str, ip: str) -> list[str]:
         try:

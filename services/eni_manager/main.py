@@ -1,16 +1,21 @@
 """Composition root of eni_manager (one leader, standbys wait on the lease).
 
 eni_manager owns the ENI records, the provision records and the subnet mirror, and makes every ENI cloud call
-through `VpcApi`. It reads the nodes and pools ipam writes. Every replica keeps its caches warm; only the leader
-acts (see `reconciler.py`).
+through `VpcApi`. It reads the nodes and pools ipam writes (and an endpoint, to put a pod's IP the cloud lost back
+on its ENI). Every replica keeps its caches warm; only the leader acts (see `reconciler.py`).
 """
 
 from __future__ import annotations
 
+import nats.errors
+
+from chassis.kv import Store
 from chassis.service import ServiceProcess, run
 from cloud.bce import BceSettings, BceVpcApi
 from cloud.port import VpcApi
-from schemas.subjects import ENI_ASSIGN, ENI_MANAGER, ENIS, NODES, POOLS, PROVISION, SUBNETS
+from schemas.errors import CceError
+from schemas.records import CceEndpoint
+from schemas.subjects import ENDPOINTS, ENI_ASSIGN, ENI_MANAGER, ENIS, NODES, POOLS, PROVISION, SUBNETS
 from services.eni_manager.assign import Assigner
 from services.eni_manager.executor import Executor, Timing
 from services.eni_manager.ledger import EniRecords, Ledger, Owned
@@ -27,8 +32,18 @@ async def wire_manager(proc: ServiceProcess, settings: EniManagerSettings, api: 
                     Owned(await proc.store(SUBNETS)))
     subnets = SubnetMirror(api, ledger.subnets)
     views = Views()
+    endpoints: Store[CceEndpoint] = await proc.store(ENDPOINTS)
+
+    async def endpoint_eni(key: str) -> str | None:
+        """The ENI a pod's IP was handed out on, by its endpoint (read only for a pod IP no ENI record carries)."""
+        try:
+            item = await endpoints.get(key)
+        except (CceError, nats.errors.Error):  # unreadable now, or a key that names no endpoint
+            return None
+        return next((str(a.eni_id) for a in item.value.addresses if a.eni_id), None) if item else None
+
     executor = Executor(api, ledger, subnets, proc.events, Timing(settings.attach_poll_s, settings.attach_timeout_s),
-                        pod_nodes=views.pod_nodes)
+                        pod_nodes=views.pod_nodes, endpoint_eni=endpoint_eni)
     nodesync = NodeSync(api, ledger, executor, proc.events, settings.cluster_id)
     reconciler = Reconciler(settings, api, ledger, subnets, executor, nodesync, proc.events,
                             lambda coro, name: proc.spawn(coro, name=name), views, vpc_id=vpc_id)

@@ -205,6 +205,10 @@ class Reconciler:
         if item is not None:
             self.kick(item.value.node)
 
+    def rounds_done(self, node: str) -> int:
+        """How many rounds of the node have ended (for an operator's or a test's "has it looked again")."""
+        return self._round_marks.get(node, 0) // 2
+
     def known_nodes(self) -> set[str]:
         return {n.name for n in self.views.eni_nodes()} | self.ledger.nodes()
 
@@ -314,6 +318,8 @@ class Reconciler:
                 self._other_enis[node] = await self.nodesync.resync(ctx, self._hints.pop(node, []), listed)
                 if nrs is not None and nrs.spec.mode is NetworkMode.VPC_ENI_PRIMARY and not nrs.status.removing:
                     await self.executor.sync_primary(ctx)
+            if nrs is not None and nrs.spec.mode is NetworkMode.VPC_ENI and not nrs.status.removing:
+                await self.executor.restore_strays(ctx, self.views.pool(node))
             await self._converge(ctx)
         except CceError as err:
             await self._failed(node, err.reason, err.message)
