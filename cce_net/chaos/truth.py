@@ -24,8 +24,9 @@ async def read_bucket(bus: Bus, bucket: Bucket) -> dict[str, Any]:
 
 
 async def read_records(bus: Bus) -> Truth:
-    buckets = (ENDPOINTS, POOLS, ENIS, NODES)
-    endpoints, pools, enis, nodes = await asyncio.gather(*(read_bucket(bus, b) for b in buckets))
+    async with asyncio.TaskGroup() as group:  # one read failing cancels the others: none fails unheard
+        reads = [group.create_task(read_bucket(bus, b)) for b in (ENDPOINTS, POOLS, ENIS, NODES)]
+    endpoints, pools, enis, nodes = (read.result() for read in reads)
     return Truth(endpoints=endpoints, pools={p.node: p for p in pools.values()}, enis=enis,
                  nodes={n.name: n for n in nodes.values()})
 
