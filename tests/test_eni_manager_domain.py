@@ -256,12 +256,35 @@ def test_a_satisfied_node_is_idle_without_error() -> None:
     assert result.error is None
 
 
-def test_a_pending_eni_is_attached_or_awaited_and_no_second_one_is_created() -> None:
+def test_a_pending_eni_is_attached_or_awaited_and_no_second_one_is_created_for_what_it_will_hold() -> None:
     available = plan(nrs(), [eni("eni-1", 1, 0, state=EniState.AVAILABLE)], 10)
     assert available.actions == (AttachEni("eni-1"),)
-    attaching = plan(nrs(), [eni("eni-1", 1, 0, state=EniState.ATTACHING)], 40)
+    attaching = plan(nrs(), [eni("eni-1", 1, 0, state=EniState.ATTACHING)], 15)
     assert attaching.actions == (AwaitAttach("eni-1"),)
     assert attaching.waiting
+
+
+def test_a_need_beyond_the_pending_enis_creates_enis_beside_them_up_to_the_in_flight_limit() -> None:
+    """15 secondaries per ENI: 40 needed, 15 coming from the attaching ENI, 25 ask for two more at once."""
+    attaching = plan(nrs(), [eni("eni-1", 1, 0, state=EniState.ATTACHING)], 40)
+    assert attaching.actions == (AwaitAttach("eni-1"), create(2), create(3))
+    assert not attaching.waiting
+    limited = plan(nrs(), [eni("eni-1", 1, 0, state=EniState.ATTACHING)], 100,
+                   settings=PlanSettings(cluster_id="c1", enis_in_flight=2))
+    assert limited.actions == (AwaitAttach("eni-1"), create(2))
+    full = plan(nrs(), [eni("eni-1", 1, 0, state=EniState.ATTACHING)], 40, settings=PlanSettings(
+        cluster_id="c1", enis_in_flight=1))
+    assert full.actions == (AwaitAttach("eni-1"),) and full.waiting
+
+
+def test_a_node_short_of_several_enis_creates_them_at_once_within_its_quota() -> None:
+    assert plan(nrs(), [], 50).actions == (create(1), create(2), create(3), create(4))
+    assert plan(nrs(), [], 50, quota=Quota(max_enis=2, ips_per_eni=16)).actions == (create(1), create(2))
+    two_subnets = {"sbn-a": subnet("sbn-a", 100), "sbn-b": subnet("sbn-b", 100)}
+    spread = plan(nrs(subnet_ids=["sbn-a", "sbn-b"]), [], 30, subnets=two_subnets).actions
+    assert spread == (create(1, "sbn-a"), create(2, "sbn-b"))  # each takes the subnet with most room left
+    tiny = {"sbn-a": subnet("sbn-a", 13)}  # the first ENI's primary and 12 secondaries take it all
+    assert plan(nrs(), [], 20, subnets=tiny).actions == (create(1),)
 
 
 def test_attaching_secondaries_count_but_available_ones_do_not() -> None:
@@ -299,7 +322,7 @@ def test_a_burstable_node_fills_an_eni_to_capacity() -> None:
     assert result.actions == (AddIps("eni-1", 10), AddIps("eni-1", 5))
 
 
-@pytest.mark.parametrize(("existing", "expected"), [(0, (create(1),)), (1, (create(2),)), (2, ())])
+@pytest.mark.parametrize(("existing", "expected"), [(0, (create(1), create(2))), (1, (create(2),)), (2, ())])
 def test_pre_allocated_enis_are_kept_without_demand(existing: int, expected: tuple[CreateEni, ...]) -> None:
     enis = [eni(f"eni-{i + 1}", i + 1, 0) for i in range(existing)]
     result = plan(nrs(), enis, 0, settings=PlanSettings(cluster_id="c1", pre_allocate_enis=2))

@@ -284,15 +284,19 @@ async def one_eni_then_three(world: World) -> str:
     return instance_id
 
 
-async def test_a_higher_target_brings_more_enis_one_creation_at_a_time(world: World) -> None:
+@pytest.mark.parametrize(("in_flight", "most"), [(4, 2), (1, 1)])
+async def test_a_higher_target_brings_the_enis_it_needs_side_by_side_up_to_the_in_flight_limit(
+        world: World, in_flight: int, most: int) -> None:
+    """From 10 to 40 secondaries: the first ENI's room takes 5, the other 25 ask for two ENIs, created and attached
+    at once (or one after the other with `enis_in_flight` 1)."""
     probe = ProbeApi(world.api)
-    async with running(world, probe):
+    async with running(world, probe, enis_in_flight=in_flight):
         instance_id = await one_eni_then_three(world)
 
     cloud = await world.cloud_enis(instance_id)
     assert sorted(len(e.secondary_ips) for e in cloud) == [10, 15, 15]
     assert [r.index for r in await world.records()] == [1, 2, 3]
-    assert probe.max_in_flight == 1
+    assert probe.max_in_flight == most
 
 
 async def test_after_one_attach_the_next_are_looked_at_when_an_attach_usually_ends(world: World) -> None:

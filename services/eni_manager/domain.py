@@ -251,6 +251,8 @@ class PlanSettings:
     stuck_after_s: float = 300.0
     removal_grace_s: float = 5.0
     pre_allocate_enis: int = 0
+    enis_in_flight: int = 4  # new ENIs a node may have created and attaching at once
+
 
 
 @dataclass
@@ -354,8 +356,9 @@ def _creation(nrs: NetResourceSet, enis: Sequence[Eni], quota: Quota, subnets: M
 def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
               subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, *,
               other_enis: int = 0) -> NodePlan:
-    """What to do for a live node: releases, adds to ENIs with room, finishing or collecting pending ENIs, and at
-    most one new ENI. `enis` are the node's records; `other_enis` counts attached ENIs that are not ours."""
+    """What to do for a live node: releases, adds to ENIs with room, finishing or collecting pending ENIs, and the
+    new ENIs the rest of the need asks for (at most `enis_in_flight` being attached at once). `enis` are the node's
+    records; `other_enis` counts attached ENIs that are not ours."""
     mine = [e for e in enis if e.use is EniUse.SECONDARY_IPS and not is_dedicated(nrs.spec, e.subnet_id)]
     stuck = [e for e in mine if is_stuck(e, now, settings.stuck_after_s)]
     stuck_ids = {e.eni_id for e in stuck}
@@ -370,23 +373,42 @@ def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, q
     actions += _add_actions(live, quota, pool, subnets, growth, nrs.spec.pool.burstable)
     actions += [DeleteEni(e.eni_id, "stuck") for e in stuck]
     actions += [AttachEni(e.eni_id) if e.state is EniState.AVAILABLE else AwaitAttach(e.eni_id) for e in pending]
-    wants_eni = growth.needed > 0 or len(live) < min(settings.pre_allocate_enis, quota.max_enis)
-    if not wants_eni:
+    short = max(min(settings.pre_allocate_enis, quota.max_enis) - len(live), 0)  # pre-allocated ENIs missing
+    if growth.needed <= 0 and not short:
         return NodePlan(nrs.name, tuple(actions))
-    if pending:
+    # what the ENIs being attached will hold counts; what is needed beyond it is asked of new ENIs side by side (the
+    # cloud attaches them in parallel: a node short of several ENIs waits for about one attach, not one per ENI)
+    beyond = growth.needed - sum(_room(e, quota, set()) for e in pending)
+    per_eni = max(quota.secondaries_per_eni, 1)
+    wanted = min(max(-(-beyond // per_eni), short), settings.enis_in_flight - len(pending))
+    if wanted <= 0:
         return NodePlan(nrs.name, tuple(actions), waiting="an ENI is being attached")
     left = {k: s.model_copy(update={"available_ips": max(growth.subnet_left[k], 0)}) if k in growth.subnet_left
             else s for k, s in subnets.items()}  # what the adds planned above leave
     ours = {e.eni_id for e in mine}  # a spread's dedicated ENIs count against the quota like other uses
     others = [e for e in enis if e.eni_id not in ours and e.state is not EniState.DELETED]
-    created = _creation(nrs, live, quota, left, settings, other_enis + len(others), (e.index for e in others))
-    if isinstance(created, CreateEni):
-        return NodePlan(nrs.name, (*actions, created))
-    if growth.blocked_by_subnet and created.reason is ErrorReason.ENI_CAPACITY_EXCEED:
-        created = PlanError(ErrorReason.SUBNET_NO_MORE_IP, f"the subnets of node {nrs.name}'s ENIs are full")
+    creates: list[CreateEni] = []
+    refused: PlanError | None = None
+    while len(creates) < wanted and refused is None:
+        created = _creation(nrs, live, quota, left, settings, other_enis + len(others) + len(creates),
+                            [*(e.index for e in others), *(c.index for c in creates)])
+        if isinstance(created, PlanError):
+            refused = created
+            continue
+        creates.append(created)
+        # its primary IP and the secondaries it is to hold come out of the subnet the next one is chosen from
+        taking, beyond = 1 + min(max(beyond, 0), per_eni), beyond - per_eni
+        chosen = left[created.subnet_id]
+        left[created.subnet_id] = chosen.model_copy(update={"available_ips": max(chosen.available_ips - taking, 0)})
+    if creates or refused is None:
+        return NodePlan(nrs.name, (*actions, *creates))
+    if pending:
+        return NodePlan(nrs.name, tuple(actions), waiting="an ENI is being attached")
+    if growth.blocked_by_subnet and refused.reason is ErrorReason.ENI_CAPACITY_EXCEED:
+        refused = PlanError(ErrorReason.SUBNET_NO_MORE_IP, f"the subnets of node {nrs.name}'s ENIs are full")
     if growth.needed <= 0:  # only pre-allocation wanted it: not worth an error
         return NodePlan(nrs.name, tuple(actions))
-    return NodePlan(nrs.name, tuple(actions), error=created)
+    return NodePlan(nrs.name, tuple(actions), error=refused)
 
 
 def is_dedicated(spec: NodeSpec, subnet_id: str) -> bool:

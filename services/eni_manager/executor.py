@@ -95,6 +95,7 @@ class Executor:
         self._settle_s: dict[EniState, float] = {}  # how long our attaches (INUSE) and detaches took, learnt
         self.unavailable: set[str] = set()  # named IPs the cloud said are in use by something not ours
         self.held_back: dict[str, str] = {}  # IP -> node of the ENI the cloud put it on, kept off its record
+        self._flying: dict[str, int] = {}  # node -> its ENIs being created or attached now
         self._unrestorable: dict[str, dict[str, str]] = {}  # node -> IP -> endpoint: a stray the cloud refused
 
     async def run(self, ctx: NodeContext, action: Action) -> None:
@@ -254,14 +255,30 @@ class Executor:
     # --- ENI lifecycle ----------------------------------------------------------------------------------------
 
     async def _in_flight(self, ctx: NodeContext, step: Awaitable[None]) -> None:
-        """`creating_eni` is set while an ENI is created or attached (left set if the leader dies meanwhile)."""
-        await self._set_creating(ctx, True)
+        """`creating_eni` is set while an ENI of the node is created or attached (several may be at once; left set
+        if the leader dies meanwhile)."""
+        self._flying[ctx.node] = self._flying.get(ctx.node, 0) + 1
         try:
+            await self._set_creating(ctx, True)
             await step
-        except Exception:
-            await self._set_creating(ctx, False)
+        except asyncio.CancelledError:  # leadership lost: the flag stays, as a dying leader leaves it
+            self._landed(ctx.node)
             raise
-        await self._set_creating(ctx, False)
+        except Exception:
+            if self._landed(ctx.node):
+                await self._set_creating(ctx, False)
+            raise
+        if self._landed(ctx.node):
+            await self._set_creating(ctx, False)
+
+    def _landed(self, node: str) -> bool:
+        """One of the node's ENIs in flight is done; True when it was the last."""
+        left = self._flying[node] - 1
+        if left:
+            self._flying[node] = left
+            return False
+        del self._flying[node]
+        return True
 
     async def create(self, ctx: NodeContext, action: CreateEni) -> None:
         """Create, record at once (before attaching, so a successor knows it), attach, wait until in use."""

@@ -27,6 +27,7 @@ from schemas.errors import CceError, ErrorReason
 from schemas.events import EventKind
 from schemas.records import Eni, NetResourceSet, NodePool
 from services.eni_manager.domain import (
+    Action,
     DeleteEni,
     DropProvision,
     NodePlan,
@@ -38,7 +39,7 @@ from services.eni_manager.domain import (
 from services.eni_manager.executor import Executor, NodeContext
 from services.eni_manager.ledger import Ledger
 from services.eni_manager.mirror import differs, provision_record, with_error
-from services.eni_manager.modes import ENI_MODES, is_eniless, plan_live_node, primary_quota
+from services.eni_manager.modes import ENI_MODES, LIFECYCLE, is_eniless, plan_live_node, primary_quota
 from services.eni_manager.nodesync import NodeSync
 from services.eni_manager.settings import EniManagerSettings
 from services.eni_manager.subnets import SubnetMirror
@@ -334,12 +335,25 @@ class Reconciler:
                 return
             log.info("executing plan", node=ctx.node, actions=[repr(a) for a in plan.actions],
                      error=plan.error.reason.value if plan.error else None)
+            # the steps that wait on the cloud for an ENI run side by side, after the plan's other steps
+            flights = [a for a in plan.actions if isinstance(a, LIFECYCLE)]
             for action in plan.actions:
-                with tracing.child_span(f"eni_manager.{type(action).__name__}", {"cce.action": repr(action)[:200]}):
-                    await self.executor.run(ctx, action)
+                if not isinstance(action, LIFECYCLE):
+                    await self._act(ctx, action)
+            if len(flights) == 1:
+                await self._act(ctx, flights[0])
+            elif flights:  # ENIs created or attached side by side; every one runs to its end, the first error counts
+                outcomes = await asyncio.gather(*(self._act(ctx, a) for a in flights), return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
             if any(isinstance(a, DropProvision) for a in plan.actions):
                 return
         log.warning("node did not settle within a round", node=ctx.node, steps=MAX_STEPS)
+
+    async def _act(self, ctx: NodeContext, action: Action) -> None:
+        with tracing.child_span(f"eni_manager.{type(action).__name__}", {"cce.action": repr(action)[:200]}):
+            await self.executor.run(ctx, action)
 
     def _plan(self, ctx: NodeContext, nrs: NetResourceSet | None) -> NodePlan:
         now = utcnow()

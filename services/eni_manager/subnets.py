@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from chassis.logs import get_logger
 from cloud.port import VpcApi
 from schemas.base import utcnow
@@ -17,6 +19,7 @@ class SubnetMirror:
     def __init__(self, api: VpcApi, owned: Owned[Subnet]) -> None:
         self.api = api
         self.owned = owned
+        self._took = asyncio.Lock()  # one count at a time: two rounds taking from one subnet both count
 
     @property
     def items(self) -> dict[str, Subnet]:
@@ -55,10 +58,11 @@ class SubnetMirror:
     async def took(self, subnet_id: str, count: int) -> None:
         """Our own call took `count` addresses (negative: gave them back): the mirror follows at once, so the
         next plan does not ask for addresses that are gone; the periodic sync corrects any drift."""
-        record = self.owned.get(subnet_id)
-        if record is not None and count:
-            await self.owned.put(subnet_id, record.model_copy(
-                update={"available_ips": max(record.available_ips - count, 0)}))
+        async with self._took:
+            record = self.owned.get(subnet_id)
+            if record is not None and count:
+                await self.owned.put(subnet_id, record.model_copy(
+                    update={"available_ips": max(record.available_ips - count, 0)}))
 
     async def _put(self, record: Subnet) -> None:
         previous = self.owned.get(record.subnet_id)
