@@ -346,10 +346,15 @@ def test_an_exclusive_node_gets_its_spare_eni_created_with_the_exclusive_use() -
     assert use_of_description(eni_description("c1", NODE)) is EniUse.SECONDARY_IPS
 
 
-def test_no_more_than_the_target_and_one_creation_at_a_time() -> None:
+def test_no_more_than_the_target_and_no_more_in_flight_than_allowed() -> None:
     assert plan_exclusive(nrs(), [xeni(1)], wanting(1), QUOTA, SUBNETS, PLAN, T0).is_idle
     attaching = plan_exclusive(nrs(), [xeni(1, state=EniState.AVAILABLE)], wanting(3), QUOTA, SUBNETS, PLAN, T0)
-    assert attaching.actions == (AttachEni("eni-1"),) and attaching.waiting
+    assert attaching.actions[0] == AttachEni("eni-1") and not attaching.waiting
+    assert [(a.use, a.index) for a in attaching.actions[1:] if isinstance(a, CreateEni)] == [
+        (EniUse.EXCLUSIVE, 2), (EniUse.EXCLUSIVE, 3)]
+    one_at_a_time = PlanSettings(cluster_id="c1", enis_in_flight=1)
+    alone = plan_exclusive(nrs(), [xeni(1, state=EniState.AVAILABLE)], wanting(3), QUOTA, SUBNETS, one_at_a_time, T0)
+    assert alone.actions == (AttachEni("eni-1"),) and alone.waiting
 
 
 def test_the_quota_counts_enis_of_every_use_and_only_waiting_pods_make_it_an_error() -> None:

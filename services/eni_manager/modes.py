@@ -5,8 +5,9 @@
   only after ipam confirmed them (the same handshake as vpc-eni); the NIC's own IP is never touched.
 - vpc-eni-exclusive (and vpc-eni nodes with `allow_exclusive`): ENIs of use EXCLUSIVE, created and attached like
   secondary-IP ENIs but given whole to one pod; eni_manager keeps the node at ipam's `demand.target_enis` (pods
-  holding one + pods waiting + one spare), at most one creation in flight, never past the node's ENI quota; ENIs
-  ipam marked surplus (`NodePool.eni_releasing`) are detached and deleted unless a pod holds one.
+  holding one + pods waiting + one spare), up to `enis_in_flight` created and attached at once, never past the
+  node's ENI quota; ENIs ipam marked surplus (`NodePool.eni_releasing`) are detached and deleted unless a pod holds
+  one.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ def plan_primary(nrs: NetResourceSet, nic: Eni | None, pool: NodePool | None,
 def plan_exclusive(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
                    subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, *,
                    other_enis: int = 0) -> NodePlan:
-    """Stuck exclusive ENIs and those ipam marked surplus (and no pod holds) go, pending ones are attached, and one
-    more is created while the node holds fewer than ipam's `target_enis` (ENIs of other uses and foreign ones count
-    against the quota)."""
+    """Stuck exclusive ENIs and those ipam marked surplus (and no pod holds) go, pending ones are attached, and more
+    are created (up to `enis_in_flight` pending at once) while the node holds fewer than ipam's `target_enis` (ENIs
+    of other uses and foreign ones count against the quota)."""
     mine = [e for e in enis if e.use is EniUse.EXCLUSIVE]
     claimed = set(pool.exclusive) if pool is not None else set()
     marked = set(pool.eni_releasing) if pool is not None else set()
@@ -124,16 +125,24 @@ def plan_exclusive(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | No
     target = demand.target_enis if demand is not None else 0
     if len(live) >= target:
         return NodePlan(nrs.name, tuple(actions))
-    if pending:
-        return NodePlan(nrs.name, tuple(actions), waiting="an exclusive ENI is being attached")
+    wanted = min(target - len(live), settings.enis_in_flight - len(pending))
     others = [e for e in enis if e.use is not EniUse.EXCLUSIVE and e.state is not EniState.DELETED]
-    created = _creation(nrs, live, quota, subnets, settings, other_enis + len(others), (e.index for e in enis),
-                        use=EniUse.EXCLUSIVE)
-    if isinstance(created, CreateEni):
-        return NodePlan(nrs.name, (*actions, created))
+    creates: list[CreateEni] = []
+    refused: PlanError | None = None
+    while len(creates) < wanted and refused is None:
+        created = _creation(nrs, live, quota, subnets, settings, other_enis + len(others) + len(creates),
+                            [*(e.index for e in enis), *(c.index for c in creates)], use=EniUse.EXCLUSIVE)
+        if isinstance(created, PlanError):
+            refused = created
+        else:
+            creates.append(created)
+    if creates:
+        return NodePlan(nrs.name, (*actions, *creates))
+    if pending or refused is None:  # as many as may be are in flight
+        return NodePlan(nrs.name, tuple(actions), waiting="an exclusive ENI is being attached")
     if demand is None or demand.enis_pending == 0:  # only the spare wanted it: not worth an error
         return NodePlan(nrs.name, tuple(actions))
-    return NodePlan(nrs.name, tuple(actions), error=created)
+    return NodePlan(nrs.name, tuple(actions), error=refused)
 
 
 def with_spread(plan: NodePlan, nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
