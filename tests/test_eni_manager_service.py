@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
@@ -34,10 +34,12 @@ from schemas.records import (
     NodeSpec,
     NodeStatus,
     PoolDemand,
+    PrivateIp,
     ReleaseMark,
     ReleaseState,
 )
 from schemas.subjects import ENDPOINTS, ENI_MANAGER, ENIS, EVENTS_WILDCARD, NODES, POOLS, PROVISION
+from services.eni_manager.ledger import EniRecords
 from services.eni_manager.main import wire_manager
 from services.eni_manager.reconciler import Reconciler
 from services.eni_manager.settings import EniManagerSettings
@@ -676,6 +678,29 @@ async def _handed_to_a_pod_of_node_1(world: World, bus: Bus, manager: Manager, i
 async def _settled_count(world: World, instance_id: str, ips: int) -> bool:
     enis = await world.cloud_enis(instance_id)
     return len(enis) == 1 and enis[0].status is EniState.INUSE and secondaries(enis) == ips
+
+
+async def test_the_records_index_follows_each_ip_to_the_record_listing_it(bus: Bus) -> None:
+    records = EniRecords(Store(await bus.bucket(ENIS), Eni, ENIS.name))
+
+    def listing(eni_id: str, index: int, *ips: str) -> Eni:
+        addresses = [PrivateIp(ip=IPv4Address(f"10.9.{index}.1"), primary=True)]
+        addresses += [PrivateIp(ip=IPv4Address(ip)) for ip in ips]
+        return Eni(eni_id=eni_id, node="node-1", instance_id="i-1", subnet_id="sbn-1",
+                   subnet_cidr=IPv4Network("10.0.0.0/8"), state=EniState.INUSE, private_ips=addresses, index=index)
+
+    await records.put("eni-1", listing("eni-1", 1, "10.0.0.5", "10.0.0.6"))
+    assert records.carries("10.0.0.5") and records.carries("10.0.0.6") and not records.carries("10.0.0.7")
+    await records.put("eni-1", listing("eni-1", 1, "10.0.0.6"))
+    assert not records.carries("10.0.0.5")
+    await records.put("eni-2", listing("eni-2", 2, "10.0.0.5"))
+    holder = records.holder(IPv4Address("10.0.0.5"))
+    assert records.carries("10.0.0.5") and holder is not None and holder.eni_id == "eni-2"
+    await records.drop("eni-2")
+    assert not records.carries("10.0.0.5") and records.carries("10.0.0.6")
+    fresh = EniRecords(records.store)
+    await fresh.load()
+    assert fresh.carries("10.0.0.6") and not fresh.carries("10.0.0.5")
 
 
 # ---- node removal ----------------------------------------------------------------------------------------------

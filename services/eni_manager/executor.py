@@ -522,8 +522,8 @@ class Executor:
         refused = {ip: key for ip, key in self._unrestorable.pop(ctx.node, {}).items() if pool.allocated.get(ip) == key}
         try:
             for ip, key in pool.allocated.items():
-                if refused.get(ip) != key and ip not in self.ledger.moving and ip not in self.held_back \
-                        and not self._carried(ip) and not await self._restore_stray(ctx, ip, key):
+                if not self.ledger.enis.carries(ip) and refused.get(ip) != key and ip not in self.ledger.moving \
+                        and ip not in self.held_back and not await self._restore_stray(ctx, ip, key):
                     refused[ip] = key
         finally:
             if refused:
@@ -531,6 +531,11 @@ class Executor:
 
     async def _restore_stray(self, ctx: NodeContext, ip: str, key: str) -> bool:
         """False: the cloud refused it (lost to its pod)."""
+        try:
+            if str(IPv4Address(ip)) != ip:
+                return True  # not an address as ipam writes one: nothing of ours to put back
+        except ValueError:
+            return True
         eni_id = await self.endpoint_eni(key)
         record = self.ledger.enis.get(eni_id) if eni_id else None
         if (record is None or record.node != ctx.node or record.use is not EniUse.SECONDARY_IPS
@@ -556,12 +561,6 @@ class Executor:
                                   message=f"{ip}, a pod's, was on no ENI record of {ctx.node} (the cloud lost it "
                                           f"while it was free and ipam handed it out): put back on {record.eni_id}")
         return True
-
-    def _carried(self, ip: str) -> bool:
-        try:
-            return self.ledger.enis.holder(IPv4Address(ip)) is not None
-        except ValueError:
-            return True  # not an address: nothing to put back
 
     async def _restore_one(self, ctx: NodeContext, eni_id: str, ip: str) -> list[str]:
         try:

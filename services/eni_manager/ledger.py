@@ -50,11 +50,13 @@ class EniRecords(Owned[Eni]):
     def __init__(self, store: Store[Eni]) -> None:
         super().__init__(store)
         self._by_ip: dict[IPv4Address, str] = {}
+        self._texts: dict[str, str] = {}  # the same by the address's text (a pool's keys), for cheap lookups
         self._by_node: dict[str, set[str]] = {}
 
     async def load(self) -> None:
         await super().load()
         self._by_ip = {ip: eni.eni_id for eni in self.items.values() for ip in eni.secondary_ips}
+        self._texts = {str(ip): eni_id for ip, eni_id in self._by_ip.items()}
         self._by_node = {}
         for eni in self.items.values():
             self._by_node.setdefault(eni.node, set()).add(eni.eni_id)
@@ -62,6 +64,10 @@ class EniRecords(Owned[Eni]):
     def holder(self, ip: IPv4Address) -> Eni | None:
         eni_id = self._by_ip.get(ip)
         return self.items.get(eni_id) if eni_id is not None else None
+
+    def carries(self, ip: str) -> bool:
+        """Some record lists the address (given as text, as pools key it)."""
+        return ip in self._texts
 
     def of_node(self, node: str) -> list[Eni]:
         return [self.items[eni_id] for eni_id in self._by_node.get(node, ())]
@@ -71,6 +77,7 @@ class EniRecords(Owned[Eni]):
         await super().put(key, value)
         self._forget(key, before)
         self._by_ip.update((ip, key) for ip in value.secondary_ips)
+        self._texts.update((str(ip), key) for ip in value.secondary_ips)
         self._by_node.setdefault(value.node, set()).add(key)
 
     async def drop(self, key: str) -> None:
@@ -84,6 +91,7 @@ class EniRecords(Owned[Eni]):
         for ip in before.secondary_ips:
             if self._by_ip.get(ip) == key:
                 del self._by_ip[ip]
+                del self._texts[str(ip)]
         ids = self._by_node.get(before.node)
         if ids is not None:
             ids.discard(key)
