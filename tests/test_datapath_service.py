@@ -103,7 +103,7 @@ async def test_pods_through_the_bus_with_an_in_process_service(
     proc = ServiceProcess(NODE_DATAPATH, dsettings)
     await proc.start()
     try:
-        await build(proc, dsettings)
+        datapath = await build(proc, dsettings)
         proc.ready = True
         record = await eni_on_node(bus)
         assert record is not None and (record.state, record.link_name, record.node) == (
@@ -129,6 +129,7 @@ async def test_pods_through_the_bus_with_an_in_process_service(
         down: TeardownReply = await call(bus, DATAPATH_TEARDOWN, TeardownRequest(
             node=NODE, container_id="c2", netns=world.pod_ns(1), endpoint=eps[1]))
         assert len(down.removed) == 3
+        await datapath.reaped()  # the veth pair goes right after the reply, off the request path
         assert await node_objects(world.node_ns, POD_IPS[1], replies[1].host_veth) == []
         unknown: TeardownReply = await call(bus, DATAPATH_TEARDOWN, TeardownRequest(node=NODE, container_id="zz"))
         assert unknown.removed == []
