@@ -254,7 +254,6 @@ class PlanSettings:
     enis_in_flight: int = 4  # new ENIs a node may have created and attaching at once
 
 
-
 @dataclass
 class _Growth:
     """Bookkeeping while planning adds: what is still needed and what each subnet has left."""
