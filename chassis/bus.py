@@ -12,7 +12,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 
 from chassis.config import ChassisSettings
@@ -22,6 +22,7 @@ from chassis.logs import get_logger
 from schemas.subjects import BUCKETS, EVENTS_STREAM, EVENTS_WILDCARD, STREAMS, Bucket, Stream
 
 log = get_logger("chassis.bus")
+STORE_NOT_MADE = 10049  # JetStream's "error creating store for stream" (e.g. a same-named stream's store going)
 
 
 # What the contract says of a stream's configuration, and so what is brought back to it when it differs.
@@ -240,6 +241,12 @@ class Bus:
                     await make()
                     return
                 except BadRequestError:  # created concurrently by another process
+                    continue
+                except ServerError as err:  # the server still removing a deleted stream of the name: asked again
+                    if err.err_code != STORE_NOT_MADE or loop.time() > deadline:
+                        raise
+                    log.info("the server could not make the stream's store yet; asking again", stream=config.name)
+                    await asyncio.sleep(0.5)
                     continue
                 except BUS_TROUBLE:
                     if loop.time() > deadline:

@@ -64,9 +64,11 @@ def settings(clean_nats: str) -> ChassisSettings:
 @pytest.fixture
 async def bus(settings: ChassisSettings) -> AsyncIterator[Bus]:
     b = await Bus.connect(settings, name="test")
-    await b.ensure_events_stream()
-    yield b
-    await b.close()
+    try:
+        await b.ensure_events_stream()
+        yield b
+    finally:  # a setup that fails closes its connection too, instead of leaving it to a later test's collector
+        await b.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -193,3 +193,34 @@ async def test_opening_a_bucket_again_leaves_its_kv_layout_alone(settings: Chass
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_stream_the_server_cannot_store_yet_is_asked_for_again_and_other_server_errors_are_raised(
+        settings: ChassisSettings) -> None:
+    """JetStream answers 'error creating store for stream' (10049) while a deleted stream of the same name is still
+    being removed: the bus asks again. Any other server error is the caller's."""
+    from nats.js.errors import ServerError
+
+    bus = await Bus.connect(settings, name="test")
+    try:
+        real, calls = bus.js.add_stream, []
+
+        async def flaky(config: object = None, **params: object) -> object:
+            calls.append(config)
+            if len(calls) == 1:
+                raise ServerError(code=500, err_code=10049, description="error creating store for stream")
+            return await real(config, **params)  # type: ignore[arg-type]
+
+        bus.js.add_stream = flaky  # type: ignore[method-assign]
+        await bus.ensure_events_stream()
+        assert len(calls) == 2
+        assert await bus.js.stream_info(cast(str, calls[1].name))  # type: ignore[attr-defined]
+
+        async def broken(config: object = None, **params: object) -> object:
+            raise ServerError(code=500, err_code=10077, description="insufficient resources")
+
+        bus.js.add_stream = broken  # type: ignore[method-assign]
+        with pytest.raises(ServerError):
+            await bus.bucket(Bucket("cce_test_unmade", Counter, "test", "<key>"))
+    finally:
+        await bus.close()
