@@ -352,6 +352,25 @@ def _creation(nrs: NetResourceSet, enis: Sequence[Eni], quota: Quota, subnets: M
                      eni_description(settings.cluster_id, nrs.name, use), tuple(nrs.spec.security_group_ids), use)
 
 
+def _creations(nrs: NetResourceSet, enis: Sequence[Eni], quota: Quota, subnets: Mapping[str, Subnet],
+                settings: PlanSettings, other_enis: int, indexes: Sequence[int], shares: Sequence[int],
+                use: EniUse = EniUse.SECONDARY_IPS) -> tuple[list[CreateEni], PlanError | None]:
+    """One new ENI per entry of `shares` (the secondaries it is to hold), each from the subnet with most room once
+    the earlier ones' primaries and shares are counted; up to the first refusal, which is returned with them."""
+    left = dict(subnets)
+    creates: list[CreateEni] = []
+    for share in shares:
+        created = _creation(nrs, enis, quota, left, settings, other_enis + len(creates),
+                            [*indexes, *(c.index for c in creates)], use)
+        if isinstance(created, PlanError):
+            return creates, created
+        creates.append(created)
+        chosen = left[created.subnet_id]
+        left[created.subnet_id] = chosen.model_copy(
+            update={"available_ips": max(chosen.available_ips - 1 - share, 0)})
+    return creates, None
+
+
 def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, quota: Quota,
               subnets: Mapping[str, Subnet], settings: PlanSettings, now: datetime, *,
               other_enis: int = 0) -> NodePlan:
@@ -386,20 +405,10 @@ def plan_node(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | None, q
             else s for k, s in subnets.items()}  # what the adds planned above leave
     ours = {e.eni_id for e in mine}  # a spread's dedicated ENIs count against the quota like other uses
     others = [e for e in enis if e.eni_id not in ours and e.state is not EniState.DELETED]
-    creates: list[CreateEni] = []
-    refused: PlanError | None = None
-    while len(creates) < wanted and refused is None:
-        created = _creation(nrs, live, quota, left, settings, other_enis + len(others) + len(creates),
-                            [*(e.index for e in others), *(c.index for c in creates)])
-        if isinstance(created, PlanError):
-            refused = created
-            continue
-        creates.append(created)
-        # its primary IP and the secondaries it is to hold come out of the subnet the next one is chosen from
-        taking, beyond = 1 + min(max(beyond, 0), per_eni), beyond - per_eni
-        chosen = left[created.subnet_id]
-        left[created.subnet_id] = chosen.model_copy(update={"available_ips": max(chosen.available_ips - taking, 0)})
-    if creates or refused is None:
+    shares = [min(max(beyond - i * per_eni, 0), per_eni) for i in range(wanted)]  # the secondaries each is to hold
+    creates, refused = _creations(nrs, live, quota, left, settings, other_enis + len(others),
+                                  [e.index for e in others], shares)
+    if creates or refused is None:  # (none refused: as many as wanted)
         return NodePlan(nrs.name, (*actions, *creates))
     if pending:
         return NodePlan(nrs.name, tuple(actions), waiting="an ENI is being attached")

@@ -49,25 +49,23 @@ class EniRecords(Owned[Eni]):
 
     def __init__(self, store: Store[Eni]) -> None:
         super().__init__(store)
-        self._by_ip: dict[IPv4Address, str] = {}
-        self._texts: dict[str, str] = {}  # the same by the address's text (a pool's keys), for cheap lookups
+        self._by_ip: dict[str, str] = {}  # by the address's text, as pools key IPs (a lookup parses nothing)
         self._by_node: dict[str, set[str]] = {}
 
     async def load(self) -> None:
         await super().load()
-        self._by_ip = {ip: eni.eni_id for eni in self.items.values() for ip in eni.secondary_ips}
-        self._texts = {str(ip): eni_id for ip, eni_id in self._by_ip.items()}
+        self._by_ip = {str(ip): eni.eni_id for eni in self.items.values() for ip in eni.secondary_ips}
         self._by_node = {}
         for eni in self.items.values():
             self._by_node.setdefault(eni.node, set()).add(eni.eni_id)
 
     def holder(self, ip: IPv4Address) -> Eni | None:
-        eni_id = self._by_ip.get(ip)
+        eni_id = self._by_ip.get(str(ip))
         return self.items.get(eni_id) if eni_id is not None else None
 
     def carries(self, ip: str) -> bool:
         """Some record lists the address (given as text, as pools key it)."""
-        return ip in self._texts
+        return ip in self._by_ip
 
     def of_node(self, node: str) -> list[Eni]:
         return [self.items[eni_id] for eni_id in self._by_node.get(node, ())]
@@ -76,8 +74,7 @@ class EniRecords(Owned[Eni]):
         before = self.items.get(key)
         await super().put(key, value)
         self._forget(key, before)
-        self._by_ip.update((ip, key) for ip in value.secondary_ips)
-        self._texts.update((str(ip), key) for ip in value.secondary_ips)
+        self._by_ip.update((str(ip), key) for ip in value.secondary_ips)
         self._by_node.setdefault(value.node, set()).add(key)
 
     async def drop(self, key: str) -> None:
@@ -89,9 +86,8 @@ class EniRecords(Owned[Eni]):
         if before is None:
             return
         for ip in before.secondary_ips:
-            if self._by_ip.get(ip) == key:
-                del self._by_ip[ip]
-                del self._texts[str(ip)]
+            if self._by_ip.get(text := str(ip)) == key:
+                del self._by_ip[text]
         ids = self._by_node.get(before.node)
         if ids is not None:
             ids.discard(key)

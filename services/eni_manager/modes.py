@@ -34,7 +34,7 @@ from services.eni_manager.domain import (
     Quota,
     RemovePrimaryIps,
     SyncPrimaryNic,
-    _creation,
+    _creations,
     _ip_order,
     _subnet_free,
     confirmed_releases,
@@ -127,15 +127,8 @@ def plan_exclusive(nrs: NetResourceSet, enis: Sequence[Eni], pool: NodePool | No
         return NodePlan(nrs.name, tuple(actions))
     wanted = min(target - len(live), settings.enis_in_flight - len(pending))
     others = [e for e in enis if e.use is not EniUse.EXCLUSIVE and e.state is not EniState.DELETED]
-    creates: list[CreateEni] = []
-    refused: PlanError | None = None
-    while len(creates) < wanted and refused is None:
-        created = _creation(nrs, live, quota, subnets, settings, other_enis + len(others) + len(creates),
-                            [*(e.index for e in enis), *(c.index for c in creates)], use=EniUse.EXCLUSIVE)
-        if isinstance(created, PlanError):
-            refused = created
-        else:
-            creates.append(created)
+    creates, refused = _creations(nrs, live, quota, subnets, settings, other_enis + len(others),
+                                  [e.index for e in enis], [0] * max(wanted, 0), use=EniUse.EXCLUSIVE)
     if creates:
         return NodePlan(nrs.name, (*actions, *creates))
     if pending or refused is None:  # as many as may be are in flight

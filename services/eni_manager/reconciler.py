@@ -340,13 +340,11 @@ class Reconciler:
             for action in plan.actions:
                 if not isinstance(action, LIFECYCLE):
                     await self._act(ctx, action)
-            if len(flights) == 1:
-                await self._act(ctx, flights[0])
-            elif flights:  # ENIs created or attached side by side; every one runs to its end, the first error counts
-                outcomes = await asyncio.gather(*(self._act(ctx, a) for a in flights), return_exceptions=True)
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
+            # every one runs to its end; the first error counts
+            outcomes = await asyncio.gather(*(self._act(ctx, a) for a in flights), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             if any(isinstance(a, DropProvision) for a in plan.actions):
                 return
         log.warning("node did not settle within a round", node=ctx.node, steps=MAX_STEPS)
